@@ -1,0 +1,232 @@
+"""The ``gateway`` command: serve, check, demo.
+
+The only module that reads the command line, configures logging, installs
+signal handlers or calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import replace
+from typing import Callable, Optional, Sequence
+
+from tornado import netutil
+from tornado.httpserver import HTTPServer
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError
+from .loader import load
+
+log = logging.getLogger("gateway")
+
+RELOAD_POLL_SECONDS = 2.0
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Authentication gateway: JWT and OpenID Connect in front of your backends.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the gateway")
+    _config_arg(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="override server.listen (port 0 picks a free port)")
+    serve.add_argument("--admin-listen", metavar="HOST:PORT|off", help="override server.admin_listen")
+    check = sub.add_parser("check", help="validate the config; print every error")
+    _config_arg(check)
+    demo = sub.add_parser("demo", help="self-contained demo on loopback (not for production)")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging()
+    if args.command == "check":
+        return cmd_check(args.config)
+    if args.command == "serve":
+        return cmd_serve(args.config, args.listen, args.admin_listen)
+    from .demo import run_demo
+
+    return run_demo(port=args.port)
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default=os.environ.get("GATEWAY_CONFIG", DEFAULT_CONFIG_PATH),
+        help="config file (default: $GATEWAY_CONFIG or ./routes.yaml)",
+    )
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def cmd_check(path: str) -> int:
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{path}: OK ({len(config.routes)} routes, {len(config.providers)} providers, {len(config.tokens)} token issuers)")
+    return 0
+
+
+def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> int:
+    try:
+        config = load(path)
+        config = _override_listen(config, listen, admin_listen)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    return run(Server(config, path).serve)
+
+
+def run(coro_factory: Callable[[], "asyncio.Future[int] | object"]) -> int:
+    """Run on uvloop when it is installed, else the default asyncio loop."""
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro_factory())  # type: ignore[arg-type]
+
+
+def _override_listen(config: Config, listen: Optional[str], admin_listen: Optional[str]) -> Config:
+    server = config.server
+    errors = []
+    if listen:
+        try:
+            server = replace(server, listen=parse_hostport(listen))
+        except ValueError as exc:
+            errors.append(f"--listen: {exc}")
+    if admin_listen:
+        try:
+            server = replace(server, admin_listen=None if admin_listen == "off" else parse_hostport(admin_listen))
+        except ValueError as exc:
+            errors.append(f"--admin-listen: {exc}")
+    if errors:
+        raise ConfigError(errors)
+    return replace(config, server=server)
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def bind(address: tuple[str, int]) -> list[socket.socket]:
+    return netutil.bind_sockets(address[1], address=address[0], backlog=1024)
+
+
+def url_of(sockets: list[socket.socket]) -> str:
+    host, port = sockets[0].getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+class Server:
+    """A running `gateway serve`: the two listeners, reload on SIGHUP or file change, drain on SIGTERM."""
+
+    def __init__(self, config: Config, path: str):
+        self.config = config
+        self.path = path
+        self.stopping: Optional[asyncio.Event] = None
+        self._stat = _file_stamp(path)
+
+    async def serve(self) -> int:
+        from .app import Gateway, make_admin_app, make_app
+
+        self.stopping = asyncio.Event()
+        self.gateway = gateway = Gateway(self.config, log_stream=sys.stdout)
+        await gateway.start()
+        self.http_server = HTTPServer(
+            make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=MAX_HEADER_BYTES,
+            idle_connection_timeout=300, body_timeout=300,
+        )
+        sockets = bind(self.config.server.listen)
+        self.http_server.add_sockets(sockets)
+        admin_url = "off"
+        self.admin_server: Optional[HTTPServer] = None
+        if self.config.server.admin_listen is not None:
+            self.admin_server = HTTPServer(make_admin_app(gateway))
+            admin_sockets = bind(self.config.server.admin_listen)
+            self.admin_server.add_sockets(admin_sockets)
+            admin_url = url_of(admin_sockets)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        watcher = asyncio.ensure_future(self._watch_file())
+        log.info("gateway listening on %s (admin: %s, config: %s)", url_of(sockets), admin_url, self.path)
+        await self.stopping.wait()
+        watcher.cancel()
+        await self._drain()
+        return 0
+
+    async def reload(self, why: str) -> None:
+        from .app import Runtime
+
+        gateway = self.gateway
+        try:
+            config = _override_listen(load(self.path), None, None)
+        except ConfigError as exc:
+            gateway.metrics.reloads.labels("error").inc()
+            log.error("config reload (%s) failed; keeping the running config:\n  %s", why, "\n  ".join(exc.errors))
+            return
+        except Exception as exc:  # never let a reload take the process down
+            gateway.metrics.reloads.labels("error").inc()
+            log.error("config reload (%s) failed; keeping the running config: %s", why, exc)
+            return
+        if config.server.listen != self.config.server.listen or config.server.admin_listen != self.config.server.admin_listen:
+            log.warning("listen addresses changed in %s: restart the gateway for them to take effect", self.path)
+            config = replace(config, server=replace(config.server, listen=self.config.server.listen, admin_listen=self.config.server.admin_listen))
+        runtime = Runtime(config, gateway.http)
+        await runtime.start()
+        old, gateway.runtime = gateway.runtime, runtime
+        self.config = config
+        gateway.metrics.reloads.labels("ok").inc()
+        log.info("config reloaded (%s): %d routes", why, len(config.routes))
+        asyncio.get_running_loop().call_later(self.config.server.shutdown_grace, old.close)
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            stamp = _file_stamp(self.path)
+            if stamp != self._stat:
+                self._stat = stamp
+                await self.reload("file changed")
+
+    async def _drain(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        self.http_server.stop()
+        if self.admin_server is not None:
+            self.admin_server.stop()
+        grace = self.config.server.shutdown_grace
+        log.info("shutting down: waiting up to %.0fs for in-flight requests", grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.gateway.metrics.in_flight._value.get() > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.gateway.close()
+        log.info("gateway stopped")
+
+
+def _file_stamp(path: str) -> Optional[tuple[float, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)

@@ -1,0 +1,316 @@
+"""Tornado request handlers: the proxy port's catch-all, and the admin port's probes.
+
+``ProxyHandler`` reads top to bottom as the request path: accept (request ID,
+client address), match a route, authenticate, authorize, then proxy; the
+access log line is written by ``log_request`` when the response is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado import web
+
+from . import forwarded
+from .authn import is_browser
+from .config import AUTH_PUBLIC
+from .models import AuthError, Identity
+from .policy import authorize
+from .proxy import Exchange, UpstreamError, upstream_request_headers
+from .routing import BadPath, normalize_path
+from .telemetry import RequestScope, request_id
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import Gateway, Runtime
+
+log = logging.getLogger("gateway")
+
+TEMPLATE_PATH = os.path.join(os.path.dirname(__file__), "templates")
+WWW_AUTHENTICATE = 'Bearer realm="gateway"'
+
+TITLES = {
+    400: ("Bad request", "The request could not be understood."),
+    401: ("Sign-in required", "You need to sign in to see this page."),
+    403: ("Access denied", "You are signed in, but you do not have access to this page."),
+    404: ("Not found", "There is nothing here."),
+    405: ("Method not allowed", "This method is not accepted here."),
+    413: ("Request too large", "The request body is larger than this site accepts."),
+    500: ("Something went wrong", "The gateway could not handle this request."),
+    502: ("Bad gateway", "The service behind this address could not be reached. Try again in a moment."),
+    503: ("Service unavailable", "The service is not available right now. Try again in a moment."),
+    504: ("Gateway timeout", "The service behind this address took too long to answer. Try again in a moment."),
+}
+ERROR_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    413: "request_too_large", 500: "server_error", 502: "bad_gateway", 503: "unavailable", 504: "gateway_timeout",
+}
+
+
+class GatewayHandler(web.RequestHandler):
+    """Shared by every handler on the proxy port: the scope, and error output."""
+
+    scope: RequestScope
+    bytes_out = 0
+
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        self.runtime: "Runtime" = gateway.runtime  # one config for the whole request, even across a reload
+        req = self.request
+        fwd = forwarded.resolve(
+            req.remote_ip or "", req.protocol, req.host,
+            req.headers.get("X-Forwarded-For"), req.headers.get("X-Forwarded-Proto"),
+            req.headers.get("X-Forwarded-Host"), self.runtime.config.server.trusted_proxies,
+        )
+        self.forwarded = fwd
+        self.request_id = request_id(req.headers.get("X-Request-Id"))
+        self.scope = RequestScope(self.request_id, fwd.client_ip, req.method or "", req.host, req.path)
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+
+    def get_template_path(self) -> str:
+        return TEMPLATE_PATH
+
+    def wants_html(self) -> bool:
+        return is_browser(self.request.headers)
+
+    def fail(self, status: int, reason: str = "", *, description: str = "", headers: Optional[dict] = None,
+             retry_url: str = "", retry_label: str = "Try again") -> None:
+        """Answer with a small HTML page for browsers or RFC 6750-style JSON for APIs."""
+        if reason:
+            self.scope.reason = reason
+        self.clear()
+        self.set_status(status)
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Request-Id", self.request_id)
+        title, message = TITLES.get(status, ("Error", "The request failed."))
+        if status in (401,) or not self.wants_html():
+            body = json.dumps({"error": ERROR_CODES.get(status, "error"), "error_description": description or message})
+            self.set_header("Content-Type", "application/json")
+            payload = body.encode()
+        else:
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            payload = self.render_string(
+                "error.html", status=status, title=title, message=description or message,
+                retry_url=retry_url, retry_label=retry_label, request_id=self.request_id,
+            )
+        self.bytes_out = len(payload)
+        self.finish(payload if self.request.method != "HEAD" else b"")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Never a stack trace: the log has it, the client gets a plain page."""
+        try:
+            self.fail(status_code, "internal error" if status_code >= 500 else "")
+        except Exception:  # pragma: no cover - last resort
+            self.finish()
+
+
+@web.stream_request_body
+class ProxyHandler(GatewayHandler):
+    """Every request on the proxy port that is not under /oauth2."""
+
+    SUPPORTED_METHODS = (
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+        "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+    )
+    exchange: Optional[Exchange] = None
+    identity: Optional[Identity] = None
+    _running: Optional["asyncio.Future[None]"] = None
+
+    async def prepare(self) -> None:
+        gw, rt, req, scope = self.gateway, self.runtime, self.request, self.scope
+        gw.metrics.in_flight.inc()
+        self._counted = True
+        # 1. match a route on the normalised path
+        try:
+            path = normalize_path(req.path)
+        except BadPath as exc:
+            return self.fail(400, f"bad path: {exc}")
+        match = rt.routes.match(req.host, path, req.method or "GET")
+        if match is None:
+            return self.fail(404, "no route")
+        route = match.route
+        scope.route = route.name
+
+        # 2. refuse an oversized body before anything reaches the upstream
+        limit = route.max_body_size if route.max_body_size is not None else rt.config.server.max_body_size
+        length = _content_length(req.headers.get("Content-Length"))
+        if length == -1:
+            return self.fail(400, "bad content-length")
+        if limit and length is not None and length > limit:
+            return self.fail(413, f"body of {length} bytes over the limit of {limit}")
+
+        # 3. authenticate and 4. authorize (public routes do neither)
+        if route.auth != AUTH_PUBLIC:
+            result = await rt.authn.authenticate(req, route)
+            if result.error is not None:
+                return self.deny_token(result.error)
+            if result.identity is None:
+                return self.unauthenticated(route)
+            self.identity = result.identity
+            scope.user = result.identity.sub
+            decision = authorize(route.allow, result.identity, req.method or "GET")
+            if not decision.allowed:
+                gw.metrics.auth_failures.labels(route.name, "forbidden").inc()
+                log.info("denied %s to %s on route %s: %s", req.method, result.identity.sub, route.name, decision.reason)
+                return self.fail(403, decision.reason)
+
+        # 5. proxy: start now so a request body streams as it arrives
+        has_body = bool(length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+        query = req.query
+        self.exchange = Exchange(
+            self, gw.clients, rt.balancers[route.name],
+            method=req.method or "GET",
+            path_and_query=match.upstream_path + ("?" + query if query else ""),
+            headers=upstream_request_headers(req.headers, extra=self._extra_headers(), drop=rt.drop_headers),
+            content_length=length if length else None,
+            has_body=has_body,
+            preserve_host=req.host if route.preserve_host else None,
+            timeout=route.timeout,
+            connect_timeout=route.connect_timeout,
+        )
+        if has_body:
+            self._running = asyncio.ensure_future(self.exchange.run())
+
+    def _extra_headers(self) -> list[tuple[str, str]]:
+        fwd = self.forwarded
+        extra = [
+            ("X-Forwarded-For", fwd.chain),
+            ("X-Forwarded-Proto", fwd.proto),
+            ("X-Forwarded-Host", fwd.host),
+            ("X-Request-Id", self.request_id),
+        ]
+        ident = self.identity
+        if ident is not None:
+            extra.append(("X-Forwarded-User", ident.sub))
+            if ident.email:
+                extra.append(("X-Forwarded-Email", ident.email))
+            if ident.groups:
+                extra.append(("X-Forwarded-Groups", ",".join(ident.groups)))
+            if ident.preferred_username:
+                extra.append(("X-Forwarded-Preferred-Username", ident.preferred_username))
+        return extra
+
+    def deny_token(self, error: AuthError) -> None:
+        """RFC 6750: a token was sent and is not acceptable."""
+        route = self.scope.route or "-"
+        self.gateway.metrics.auth_failures.labels(route, error.reason).inc()
+        header = f'{WWW_AUTHENTICATE}, error="invalid_token", error_description="{error.description}"'
+        self.fail(401, f"invalid token: {error.reason}", description=error.description,
+                  headers={"WWW-Authenticate": header})
+        self.scope.reason = f"invalid token: {error.reason}"
+
+    def unauthenticated(self, route: Any) -> None:
+        self.gateway.metrics.auth_failures.labels(route.name, "unauthenticated").inc()
+        login = self.runtime.login
+        if login is not None and route.auth == "login" and self.wants_html() and self.request.method in ("GET", "HEAD"):
+            return login.begin(self, route)
+        self.fail(401, "no credentials", description="a bearer token is required",
+                  headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.exchange is not None and not self._finished:
+            return self.exchange.feed(chunk)
+        return None
+
+    async def _proxy(self, *args: Any) -> None:
+        exchange = self.exchange
+        if exchange is None or self._finished:
+            return
+        scope = self.scope
+        try:
+            if self._running is not None:
+                exchange.end_body()
+                await self._running
+            else:
+                await exchange.run()
+        except UpstreamError as exc:
+            scope.upstream = exchange.upstream
+            self.gateway.metrics.upstream_errors.labels(scope.route or "-", exc.kind).inc()
+            log.warning("upstream %s for route %s: %s (%s)", exc.kind, scope.route, exchange.upstream, exc.detail)
+            if not exchange.started:
+                return self.fail(exc.status, f"upstream {exc.kind}")
+            scope.reason = f"upstream {exc.kind} mid-response"
+            self.request.connection.close()
+            return
+        scope.upstream = exchange.upstream
+        self.bytes_out = exchange.bytes_sent
+        if not self._finished:
+            try:
+                self.finish()
+            except Exception:  # the client left mid-response
+                pass
+
+    get = head = post = put = patch = delete = options = _proxy
+    propfind = proppatch = mkcol = copy = move = lock = unlock = report = search = _proxy
+
+    def on_connection_close(self) -> None:
+        if self.exchange is not None:
+            self.exchange.abort()
+        super().on_connection_close()
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            self.gateway.metrics.in_flight.dec()
+
+
+def _content_length(value: Optional[str]) -> Optional[int]:
+    """Content-Length as an int; None when absent, -1 when malformed."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        return -1
+    return int(value)
+
+
+class NotFoundHandler(GatewayHandler):
+    def prepare(self) -> None:
+        self.fail(404, "no route")
+
+
+# -- admin port -----------------------------------------------------------------
+
+
+class PingHandler(web.RequestHandler):
+    def initialize(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain")
+        self.write("OK\n")
+
+
+class ReadyHandler(PingHandler):
+    async def get(self) -> None:
+        problems = await self.gateway.readiness()
+        self.set_header("Content-Type", "application/json")
+        if problems:
+            self.set_status(503)
+        self.write(json.dumps({"ready": not problems, "problems": problems}))
+
+
+class MetricsHandler(PingHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.write(generate_latest(self.gateway.metrics.registry))
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Tornado's log_function: one access-log line and the metrics, for every handler."""
+    scope = getattr(handler, "scope", None)
+    gateway = getattr(handler, "gateway", None)
+    if scope is None or gateway is None:
+        return
+    duration = time.monotonic() - scope.start
+    status = handler.get_status()
+    gateway.metrics.observe(scope, status, duration)
+    gateway.access_log.write(scope, status, getattr(handler, "bytes_out", 0), duration)

@@ -1,0 +1,44 @@
+"""Plain values passed along the request path: who is calling, and what was decided.
+
+No gateway imports here, so every other module can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller, from a bearer token or a login session."""
+
+    sub: str
+    email: Optional[str] = None
+    groups: Tuple[str, ...] = ()
+    preferred_username: Optional[str] = None
+    issuer: Optional[str] = None
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    source: str = "token"  # "token" or "session"
+    expires_at: Optional[float] = None  # unix time
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a policy check; ``reason`` is for the log, never the client."""
+
+    allowed: bool
+    reason: str = ""
+
+
+class AuthError(Exception):
+    """A credential was presented and is not acceptable (RFC 6750 ``invalid_token``).
+
+    ``description`` is safe to show the client; ``reason`` is a short
+    machine-readable label for logs and metrics.
+    """
+
+    def __init__(self, description: str, reason: str = "invalid_token"):
+        super().__init__(description)
+        self.description = description
+        self.reason = reason

@@ -1,0 +1,430 @@
+"""Forwarding an authorized request to its upstream and streaming the answer back.
+
+The last step of the request path (after routing, authentication and
+authorization). Bodies flow through in chunks both ways, never whole:
+
+* requests without a body go through ``CurlAsyncHTTPClient`` (when pycurl is
+  installed), which keeps connections to upstreams alive;
+* requests with a body go through ``SimpleAsyncHTTPClient`` with a
+  ``body_producer`` fed by the handler's ``data_received``, so an upload is
+  forwarded as it arrives;
+* response chunks are written to the client as they arrive; when the client
+  reads slower than the upstream sends, the upstream transfer is paused
+  (curl) or not read (simple client) until the client catches up.
+
+Hop-by-hop headers, and those named in ``Connection``, are dropped both
+ways. A refused or reset upstream is a 502, a timeout a 504, and an
+idempotent request that could not connect is retried on the route's next
+upstream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Awaitable, Callable, Iterable, Optional
+
+from tornado import httputil, ioloop
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.locks import Event
+from tornado.queues import Queue
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError, SimpleAsyncHTTPClient
+
+try:  # pycurl is part of the default install; without it nothing is reused
+    import pycurl
+    from tornado.curl_httpclient import CurlAsyncHTTPClient
+except ImportError:  # pragma: no cover - exercised only on installs without pycurl
+    pycurl = None
+    CurlAsyncHTTPClient = None
+
+log = logging.getLogger("gateway.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+IDENTITY_HEADERS = frozenset(
+    {
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-auth-request-user",
+        "x-auth-request-email",
+        "x-auth-request-groups",
+        "x-auth-request-preferred-username",
+    }
+)
+# Set by the gateway itself, so a client's copy is never passed on.
+GATEWAY_SET = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-real-ip", "forwarded"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+MAX_CLIENTS = 1024
+UNLIMITED_BODY = 1 << 62
+# Pause reading from the upstream while this much is written but not yet sent.
+HIGH_WATER = 4 * 1024 * 1024
+LOW_WATER = 1 * 1024 * 1024
+UPLOAD_QUEUE_CHUNKS = 8
+
+CURL_TIMEOUT_CODES = frozenset({28})  # CURLE_OPERATION_TIMEDOUT
+CURL_CONNECT_CODES = frozenset({6, 7})  # CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT
+
+
+class UpstreamError(Exception):
+    """The upstream gave no usable answer; ``kind`` is "timeout", "connect" or "reset"."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return 504 if self.kind == "timeout" else 502
+
+
+class Clients:
+    """The two HTTP clients every proxied request uses; created once per process."""
+
+    def __init__(self) -> None:
+        self.stream = SimpleAsyncHTTPClient(
+            force_instance=True, max_clients=MAX_CLIENTS, max_body_size=UNLIMITED_BODY, max_buffer_size=HIGH_WATER
+        )
+        if CurlAsyncHTTPClient is not None:
+            self.fast: AsyncHTTPClient = CurlAsyncHTTPClient(
+                force_instance=True, max_clients=MAX_CLIENTS, max_body_size=UNLIMITED_BODY
+            )
+        else:  # pragma: no cover
+            self.fast = self.stream
+
+    @property
+    def keepalive(self) -> bool:
+        return self.fast is not self.stream
+
+    def close(self) -> None:
+        self.fast.close()
+        if self.stream is not self.fast:
+            self.stream.close()
+
+
+class Balancer:
+    """Round-robin over a route's upstream URLs, starting each request at the next one."""
+
+    def __init__(self, urls: Iterable[str]):
+        self.urls = tuple(urls)
+        self._counter = itertools.count()
+
+    def order(self) -> list[str]:
+        start = next(self._counter) % len(self.urls)
+        return list(self.urls[start:] + self.urls[:start])
+
+
+def connection_tokens(headers: httputil.HTTPHeaders) -> set[str]:
+    """Header names listed in Connection, which are hop-by-hop for this message."""
+    tokens = set()
+    for value in headers.get_list("Connection"):
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def upstream_request_headers(
+    incoming: httputil.HTTPHeaders,
+    *,
+    extra: Iterable[tuple[str, str]],
+    drop: frozenset = frozenset(),
+) -> httputil.HTTPHeaders:
+    """The client's headers minus hop-by-hop, identity and gateway-owned ones, plus ``extra``."""
+    skip = HOP_BY_HOP | IDENTITY_HEADERS | GATEWAY_SET | drop
+    named = connection_tokens(incoming)
+    out = httputil.HTTPHeaders()
+    for name, value in incoming.get_all():
+        lower = name.lower()
+        if lower in skip or lower in named or lower == "content-length" or lower == "expect":
+            continue
+        out.add(name, value)
+    for name, value in extra:
+        out.add(name, value)
+    return out
+
+
+class Exchange:
+    """One request's trip to the upstream and back, written into a RequestHandler.
+
+    The handler calls ``feed`` for each body chunk (when the request has a
+    body), then awaits ``run``; ``run`` raises UpstreamError only while
+    nothing has been sent to the client, so the handler can still answer
+    502/504 with a clean page.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        clients: Clients,
+        balancer: Balancer,
+        *,
+        method: str,
+        path_and_query: str,
+        headers: httputil.HTTPHeaders,
+        content_length: Optional[int],
+        has_body: bool,
+        preserve_host: Optional[str],
+        timeout: float,
+        connect_timeout: float,
+    ):
+        self.handler = handler
+        self.clients = clients
+        self.balancer = balancer
+        self.method = method
+        self.path_and_query = path_and_query
+        self.headers = headers
+        self.content_length = content_length
+        self.has_body = has_body
+        self.preserve_host = preserve_host
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.upstream: Optional[str] = None  # the URL that answered (for the log)
+        self.bytes_sent = 0
+        self.started = False  # response headers written to the client
+        self._status_line: Optional[str] = None
+        self._response_headers = httputil.HTTPHeaders()
+        self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
+        self._body_done = Event()
+        self._curl: Any = None
+        self._curl_paused = False
+        self._fetch_done = False
+        self._unflushed = 0
+        self._client_gone = False
+        self._write_error: Optional[BaseException] = None
+
+    # -- request body, fed by the handler ------------------------------------
+
+    def feed(self, chunk: bytes) -> Awaitable[None]:
+        """Queue a chunk of the request body; the returned future applies backpressure."""
+        assert self._body_queue is not None
+        return self._body_queue.put(chunk)
+
+    def end_body(self) -> None:
+        if self._body_queue is not None:
+            self._body_queue.put_nowait(None) if not self._body_queue.full() else ioloop.IOLoop.current().add_callback(
+                self._body_queue.put, None
+            )
+
+    async def _produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
+        assert self._body_queue is not None
+        while True:
+            chunk = await self._body_queue.get()
+            if chunk is None:
+                return
+            await write(chunk)
+
+    # -- the exchange ---------------------------------------------------------
+
+    async def run(self) -> None:
+        urls = self.balancer.order()
+        retriable = not self.has_body and self.method in IDEMPOTENT
+        last: Optional[UpstreamError] = None
+        for attempt, base in enumerate(urls):
+            self.upstream = base
+            try:
+                await self._fetch_once(base)
+                return
+            except UpstreamError as exc:
+                last = exc
+                if self.started or not retriable or exc.kind != "connect":
+                    raise
+                log.warning("upstream %s unreachable (%s), trying the next one", base, exc.detail)
+        assert last is not None
+        raise last
+
+    async def _fetch_once(self, base: str) -> None:
+        self._status_line = None
+        self._response_headers = httputil.HTTPHeaders()
+        headers = httputil.HTTPHeaders(self.headers)
+        if self.preserve_host:
+            headers["Host"] = self.preserve_host
+        if self.content_length is not None:
+            headers["Content-Length"] = str(self.content_length)
+        use_stream = self.has_body or not self.clients.keepalive
+        request = HTTPRequest(
+            base + self.path_and_query,
+            method=self.method,
+            headers=headers,
+            body_producer=self._produce if self.has_body else None,
+            header_callback=self._on_header_line,
+            streaming_callback=self._on_chunk_stream if use_stream else self._on_chunk_curl,
+            follow_redirects=False,
+            decompress_response=False,
+            allow_nonstandard_methods=True,
+            validate_cert=True,
+            request_timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            prepare_curl_callback=None if use_stream else self._on_curl,
+        )
+        client = self.clients.stream if use_stream else self.clients.fast
+        self._fetch_done = False
+        try:
+            response = await client.fetch(request, raise_error=False)
+        except HTTPTimeoutError as exc:
+            raise UpstreamError("timeout", str(exc)) from None
+        except HTTPStreamClosedError as exc:
+            raise UpstreamError("reset", str(exc)) from None
+        except HTTPClientError as exc:
+            raise self._classify_curl(exc) from None
+        except (ConnectionRefusedError, OSError) as exc:
+            kind = "connect" if isinstance(exc, (ConnectionRefusedError, ConnectionAbortedError)) or not self.started else "reset"
+            raise UpstreamError(kind if isinstance(exc, ConnectionRefusedError) else "reset", str(exc)) from None
+        except StreamClosedError as exc:
+            raise UpstreamError("reset", str(exc)) from None
+        finally:
+            self._fetch_done = True
+            self._curl = None
+        if response.code == 599:  # pragma: no cover - clients raise instead
+            raise UpstreamError("reset", str(response.error))
+        if not self.started:
+            # No body arrived (e.g. 204, HEAD, empty 200): headers are still pending.
+            if self._status_line is None:
+                self._status_line = f"HTTP/1.1 {response.code} {response.reason}"
+                self._response_headers = response.headers
+            self._start_response()
+        if self._write_error is not None:
+            raise self._write_error
+
+    def _classify_curl(self, exc: HTTPClientError) -> UpstreamError:
+        errno = getattr(exc, "errno", None)
+        if errno in CURL_TIMEOUT_CODES or exc.code == 599 and "timed out" in str(exc).lower():
+            return UpstreamError("timeout", str(exc))
+        if errno in CURL_CONNECT_CODES and not self.started:
+            return UpstreamError("connect", str(exc))
+        return UpstreamError("reset", str(exc))
+
+    # -- response, from the upstream to the client ---------------------------
+
+    def _on_curl(self, curl: Any) -> None:
+        self._curl = curl
+
+    def _on_header_line(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            self._status_line = line.strip()
+            self._response_headers = httputil.HTTPHeaders()
+        elif line in ("\r\n", "\n"):
+            code = self._status_code()
+            if code is not None and code >= 200 and not self.started:
+                self._start_response()
+        elif self._status_line is not None:
+            self._response_headers.parse_line(line)
+
+    def _status_code(self) -> Optional[int]:
+        if not self._status_line:
+            return None
+        parts = self._status_line.split(" ", 2)
+        try:
+            return int(parts[1])
+        except (IndexError, ValueError):
+            return None
+
+    def _start_response(self) -> None:
+        """Copy the upstream's status and end-to-end headers to the client and send them."""
+        self.started = True
+        handler = self.handler
+        parts = (self._status_line or "HTTP/1.1 502 Bad Gateway").split(" ", 2)
+        code = int(parts[1])
+        reason = parts[2].strip() if len(parts) > 2 and parts[2].strip() else httputil.responses.get(code, "Unknown")
+        handler.set_status(code, reason)
+        for name in ("Content-Type", "Server", "Date"):
+            handler.clear_header(name)
+        named = connection_tokens(self._response_headers)
+        for name, value in self._response_headers.get_all():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in named:
+                continue
+            if self.method == "HEAD" and lower == "content-length":
+                continue
+            if lower == "content-length" and code in (204, 304):
+                continue
+            handler.add_header(name, value)
+        if "X-Request-Id" not in self._response_headers:
+            handler.set_header("X-Request-Id", handler.request_id)
+        self._write(b"")
+
+    def _on_chunk_curl(self, chunk: bytes) -> None:
+        if not self.started:
+            self._start_response()
+        self._write(chunk)
+        if self._unflushed > HIGH_WATER and self._curl is not None and not self._curl_paused:
+            # Pause after curl's own delivery loop returns, so it cannot undo it.
+            ioloop.IOLoop.current().add_callback(self._pause_curl)
+
+    def _pause_curl(self) -> None:
+        if self._curl is not None and not self._fetch_done and self._unflushed > HIGH_WATER and not self._curl_paused:
+            try:
+                self._curl.pause(pycurl.PAUSE_RECV)
+                self._curl_paused = True
+            except pycurl.error:
+                pass
+
+    def _resume_curl(self) -> None:
+        if self._curl_paused and self._curl is not None and not self._fetch_done:
+            self._curl_paused = False
+            try:
+                self._curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                return
+            self.clients.fast._set_timeout(0)  # type: ignore[attr-defined]
+
+    def _on_chunk_stream(self, chunk: bytes) -> Optional[Awaitable[None]]:
+        if not self.started:
+            self._start_response()
+        fut = self._write(chunk)
+        if self._unflushed > HIGH_WATER:
+            return fut  # the simple client stops reading until the client has it
+        return None
+
+    def _write(self, chunk: bytes) -> Any:
+        if self._client_gone:
+            return None
+        handler = self.handler
+        if chunk:
+            if self.method == "HEAD":
+                return None
+            handler.write(chunk)
+            self.bytes_sent += len(chunk)
+        size = len(chunk)
+        self._unflushed += size
+        try:
+            fut = handler.flush()
+        except Exception as exc:  # the client went away
+            self._client_gone = True
+            self._write_error = exc
+            return None
+        fut.add_done_callback(lambda f, size=size: self._flushed(f, size))
+        return fut
+
+    def _flushed(self, fut: Any, size: int) -> None:
+        self._unflushed -= size
+        if fut.cancelled() or fut.exception() is not None:
+            self._client_gone = True
+            return
+        if self._unflushed <= LOW_WATER:
+            self._resume_curl()
+
+    def abort(self) -> None:
+        """The client disconnected: stop feeding the upstream."""
+        self._client_gone = True
+        if self._body_queue is not None:
+            try:
+                self._body_queue.put_nowait(None)
+            except Exception:
+                pass
