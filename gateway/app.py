@@ -42,8 +42,8 @@ class Runtime:
     async def start(self) -> None:
         await self.verifier.start()
 
-    def close(self) -> None:
-        self.verifier.close()
+    async def close(self) -> None:
+        await self.verifier.close()
 
 
 class Gateway:
@@ -78,8 +78,8 @@ class Gateway:
             problems.append("token signing keys not loaded yet")
         return problems
 
-    def close(self) -> None:
-        self.runtime.close()
+    async def close(self) -> None:
+        await self.runtime.close()
         self.clients.close()
         self.http.close()
 

@@ -199,7 +199,9 @@ class Server:
         self.config = config
         gateway.metrics.reloads.labels("ok").inc()
         log.info("config reloaded (%s): %d routes", why, len(config.routes))
-        asyncio.get_running_loop().call_later(self.config.server.shutdown_grace, old.close)
+        asyncio.get_running_loop().call_later(
+            self.config.server.shutdown_grace, lambda: asyncio.ensure_future(old.close())
+        )
 
     async def _watch_file(self) -> None:
         while True:
@@ -220,7 +222,7 @@ class Server:
         deadline = loop.time() + grace
         while self.gateway.metrics.in_flight._value.get() > 0 and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        self.gateway.close()
+        await self.gateway.close()
         log.info("gateway stopped")
 
 

@@ -263,7 +263,7 @@ class Exchange:
             method=self.method,
             headers=headers,
             body_producer=self._produce if self.has_body else None,
-            header_callback=self._on_header_line,
+            header_callback=self._on_header_line if use_stream else None,
             streaming_callback=self._on_chunk_stream if use_stream else self._on_chunk_curl,
             follow_redirects=False,
             decompress_response=False,
@@ -313,18 +313,27 @@ class Exchange:
     # -- response, from the upstream to the client ---------------------------
 
     def _on_curl(self, curl: Any) -> None:
+        """Take over curl's header parsing: Tornado may deliver a small body before queued header lines."""
         self._curl = curl
+        curl.setopt(pycurl.HEADERFUNCTION, self._on_curl_header)
 
-    def _on_header_line(self, line: str) -> None:
+    def _on_curl_header(self, raw: bytes) -> None:
+        # Runs inside libcurl: only record, never call into the handler here.
+        self._on_header_line(raw.decode("latin1"), start=False)
+
+    def _on_header_line(self, line: str, start: bool = True) -> None:
         if line.startswith("HTTP/"):
             self._status_line = line.strip()
             self._response_headers = httputil.HTTPHeaders()
         elif line in ("\r\n", "\n"):
             code = self._status_code()
-            if code is not None and code >= 200 and not self.started:
+            if start and code is not None and code >= 200 and not self.started:
                 self._start_response()
         elif self._status_line is not None:
-            self._response_headers.parse_line(line)
+            try:
+                self._response_headers.parse_line(line)
+            except httputil.HTTPInputError:
+                pass  # a malformed header line from the upstream is dropped
 
     def _status_code(self) -> Optional[int]:
         if not self._status_line:
@@ -349,8 +358,6 @@ class Exchange:
         for name, value in self._response_headers.get_all():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named:
-                continue
-            if self.method == "HEAD" and lower == "content-length":
                 continue
             if lower == "content-length" and code in (204, 304):
                 continue

@@ -1,0 +1,437 @@
+"""Bearer tokens: read the Authorization header and verify the JWT it carries.
+
+Runs in ``authn`` for every request that sends ``Authorization: Bearer ...``,
+before the policy check. A verified token becomes an ``Identity``; anything
+else is an ``AuthError`` whose ``description`` may be shown to the client
+(RFC 6750 ``error_description``) and whose ``reason`` labels logs and metrics::
+
+    verifier = TokenVerifier(config.tokens, AsyncHTTPClient())
+    raw = bearer_from_header(request.headers.get("Authorization"))
+    identity = await verifier.verify(raw)
+
+The verification order is fixed, cheapest and most telling first: size,
+header syntax, ``alg: none``, the issuer named by the (still unverified)
+``iss`` claim, that issuer's algorithm allowlist, the key, the signature
+(PyJWT), then ``exp``/``nbf``/``iat`` against the injected clock.
+
+Keys come only from configuration: an HMAC ``secret``, a PEM ``public_key``,
+a ``jwks_uri``, or the ``jwks_uri`` of the issuer's discovery document. The
+``jku``, ``x5u``, ``jwk`` and ``x5c`` headers are never used or fetched. HMAC
+algorithms are accepted only from issuers configured with a secret and
+asymmetric ones only from issuers without: a public key can never be
+misused as an HMAC secret (algorithm confusion).
+
+Verified tokens are remembered in a bounded LRU until their ``exp``, so a
+repeated token costs one dict lookup and one clock comparison. Failures are
+not remembered: refusing is cheap for everything but a bad signature, and a
+negative cache would give anyone who can send garbage a way to fill memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt import exceptions as jwt_errors
+from jwt.utils import base64url_decode
+from tornado.httpclient import AsyncHTTPClient
+
+from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
+from .discovery import DiscoveryCache, DiscoveryError
+from .jwks import EC_CURVES, RSA_ALGORITHMS, JWKSCache
+from .models import AuthError, Identity
+
+log = logging.getLogger("gateway.tokens")
+
+DEFAULT_CACHE_SIZE = 10000
+DEFAULT_MAX_TOKEN_LENGTH = 8192
+
+# RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_WHITESPACE = re.compile(r"[ \t]")
+_GROUP_SEPARATORS = re.compile(r"[,\s]+")
+_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "secp256k1"}
+
+
+def _error(description: str, reason: str) -> AuthError:
+    return AuthError(description, reason)
+
+
+def bearer_from_header(value: Optional[str]) -> Optional[str]:
+    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750, section 2.1).
+
+    * no header, an empty one, or another scheme (``Basic ...``): ``None``;
+    * scheme ``Bearer`` in any case, one or more spaces, then exactly one
+      b64token (letters, digits, ``-._~+/``, then optional ``=`` padding):
+      the token; surrounding whitespace is ignored;
+    * scheme ``Bearer`` with anything else (no token, two tokens, a tab as
+      the separator, a comma, characters outside b64token):
+      ``AuthError("malformed Authorization header", "malformed")`` — a
+      client that tried to send a token is told it failed rather than
+      treated as anonymous.
+    """
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    if not value:
+        return None
+    match = _WHITESPACE.search(value)
+    scheme = value[: match.start()] if match else value
+    if not scheme.isascii() or scheme.lower() != "bearer":
+        return None
+    rest = value[len(scheme) :]
+    token = rest.lstrip(" ")
+    if not rest.startswith(" ") or _B64TOKEN.fullmatch(token) is None:
+        raise _error("malformed Authorization header", "malformed")
+    return token
+
+
+def _load_public_key(pem: str) -> Any:
+    data = pem.strip().encode("ascii", "replace")
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificate(data).public_key()
+    return serialization.load_pem_public_key(data)
+
+
+def _alg_fits_public_key(alg: str, key: Any) -> bool:
+    if isinstance(key, rsa.RSAPublicKey):
+        return alg in RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return EC_CURVES.get(alg) == _CURVE_NAMES.get(key.curve.name)
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return alg == "EdDSA"
+    return False
+
+
+def check_issuer(cfg: TokenIssuerConfig) -> List[str]:
+    """Problems that make ``cfg`` unusable, as messages (empty when it is fine).
+
+    The config loader may call this to report them with line numbers;
+    ``TokenVerifier`` refuses to start with any.
+    """
+    problems = []
+    sources = [name for name in ("secret", "public_key", "jwks_uri") if getattr(cfg, name)]
+    if len(sources) > 1:
+        problems.append(f"token issuer {cfg.issuer!r}: give only one of {', '.join(sources)}")
+    hmac = [a for a in cfg.algorithms if a in HMAC_ALGORITHMS]
+    asymmetric = [a for a in cfg.algorithms if a in ASYMMETRIC_ALGORITHMS]
+    unknown = [a for a in cfg.algorithms if a not in HMAC_ALGORITHMS and a not in ASYMMETRIC_ALGORITHMS]
+    if unknown:
+        problems.append(f"token issuer {cfg.issuer!r}: unsupported algorithms {', '.join(unknown)}")
+    if not cfg.algorithms:
+        problems.append(f"token issuer {cfg.issuer!r}: algorithms must list at least one algorithm")
+    if cfg.secret:
+        if asymmetric:
+            problems.append(
+                f"token issuer {cfg.issuer!r}: {', '.join(asymmetric)} need a public key, "
+                "not a secret; an HMAC issuer accepts only HS256/HS384/HS512"
+            )
+    elif hmac:
+        problems.append(
+            f"token issuer {cfg.issuer!r}: {', '.join(hmac)} need a secret; "
+            "without one only asymmetric algorithms are accepted"
+        )
+    if cfg.public_key and not cfg.secret:
+        try:
+            key = _load_public_key(cfg.public_key)
+        except Exception:
+            problems.append(f"token issuer {cfg.issuer!r}: public_key is not a PEM public key or certificate")
+        else:
+            misfits = [a for a in asymmetric if not _alg_fits_public_key(a, key)]
+            if misfits:
+                problems.append(
+                    f"token issuer {cfg.issuer!r}: public_key cannot verify {', '.join(misfits)}"
+                )
+    return problems
+
+
+class _Issuer:
+    """One configured issuer, with everything verification needs precomputed."""
+
+    __slots__ = ("config", "name", "algorithms", "audience", "static_key", "jwks", "options")
+
+    def __init__(self, config: TokenIssuerConfig):
+        self.config = config
+        self.name = config.issuer
+        self.audience: Optional[List[str]] = list(config.audience) if config.audience is not None else None
+        self.static_key: Any = None
+        self.jwks: Optional[JWKSCache] = None
+        if config.secret:
+            self.algorithms = frozenset(config.algorithms) & HMAC_ALGORITHMS
+            self.static_key = config.secret.encode("utf-8")
+        else:
+            self.algorithms = frozenset(config.algorithms) & ASYMMETRIC_ALGORITHMS
+            if config.public_key:
+                self.static_key = _load_public_key(config.public_key)
+                self.algorithms = frozenset(
+                    a for a in self.algorithms if _alg_fits_public_key(a, self.static_key)
+                )
+        require = ["exp", "iss"] + (["aud"] if self.audience is not None else [])
+        # exp/nbf/iat are checked by TokenVerifier against its own (injectable) clock.
+        self.options = {
+            "require": require,
+            "verify_aud": self.audience is not None,
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+        }
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _claim(payload: Dict[str, Any], name: str) -> Any:
+    """A claim by name; a dotted name (``realm_access.roles``) walks nested objects."""
+    if name in payload:
+        return payload[name]
+    if "." not in name:
+        return None
+    node: Any = payload
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _groups(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(g for g in _GROUP_SEPARATORS.split(value) if g)
+    if isinstance(value, list):
+        return tuple(g for g in value if isinstance(g, str) and g)
+    return ()
+
+
+def _string(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
+
+
+class TokenVerifier:
+    """Verifies bearer JWTs from the configured issuers and remembers the good ones.
+
+    ``clock`` is wall-clock time for ``exp``/``nbf``/``iat``; ``monotonic``
+    paces the JWKS and discovery caches. ``discovery`` may be shared with
+    the login code; one is made from ``http_client`` otherwise.
+    """
+
+    def __init__(
+        self,
+        issuers: Sequence[TokenIssuerConfig],
+        http_client: AsyncHTTPClient,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
+        discovery: Optional[DiscoveryCache] = None,
+        jwks_options: Optional[Dict[str, Any]] = None,
+    ):
+        problems = [p for cfg in issuers for p in check_issuer(cfg)]
+        names = [cfg.issuer for cfg in issuers]
+        problems += [f"token issuer {n!r} is configured twice" for n in sorted(set(names)) if names.count(n) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        self._clock = clock
+        self._cache_size = cache_size
+        self._max_length = max_token_length
+        self._cache: "OrderedDict[str, Tuple[float, Identity]]" = OrderedDict()
+        self._discovery = discovery
+        self._issuers: Dict[str, _Issuer] = {}
+        self._jwks: List[JWKSCache] = []
+        for cfg in issuers:
+            issuer = _Issuer(cfg)
+            if issuer.static_key is None:
+                uri: Any = cfg.jwks_uri
+                if not uri:
+                    if self._discovery is None:
+                        self._discovery = DiscoveryCache(http_client, clock=monotonic)
+                    uri = self._discovered_jwks_uri(cfg.issuer)
+                issuer.jwks = JWKSCache(http_client, uri, clock=monotonic, **(jwks_options or {}))
+                self._jwks.append(issuer.jwks)
+            self._issuers[cfg.issuer] = issuer
+
+    def _discovered_jwks_uri(self, issuer: str) -> Callable[[], Any]:
+        async def jwks_uri() -> str:
+            assert self._discovery is not None
+            document = await self._discovery.get(issuer)
+            uri = document.get("jwks_uri")
+            if not isinstance(uri, str) or not uri:
+                raise DiscoveryError(f"discovery document of {issuer!r} has no jwks_uri")
+            return uri
+
+        return jwks_uri
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start fetching discovery documents and key sets in the background."""
+        for cache in self._jwks:
+            await cache.start()
+
+    async def ready(self) -> bool:
+        """True when every issuer has keys (static keys always do)."""
+        if not self._jwks:
+            return True
+        results = await asyncio.gather(*(cache.ready() for cache in self._jwks))
+        return all(results)
+
+    async def close(self) -> None:
+        for cache in self._jwks:
+            await cache.close()
+        self._cache.clear()
+
+    # -- verification ----------------------------------------------------------
+
+    def verify_cached(self, raw: str) -> Optional[Identity]:
+        """The identity of a token verified before and not yet expired, else None.
+
+        Synchronous: handlers may try it before awaiting ``verify``.
+        """
+        entry = self._cache.get(raw)
+        if entry is not None and self._clock() < entry[0]:
+            self._cache.move_to_end(raw)
+            return entry[1]
+        return None
+
+    async def verify(self, raw: str) -> Identity:
+        if len(raw) > self._max_length:
+            raise _error("token too large", "too_large")
+        entry = self._cache.get(raw)
+        if entry is not None:
+            if self._clock() < entry[0]:
+                self._cache.move_to_end(raw)
+                return entry[1]
+            self._cache.pop(raw, None)
+        return await self._verify_uncached(raw)
+
+    async def _verify_uncached(self, raw: str) -> Identity:
+        if not isinstance(raw, str):
+            raise _error("malformed token", "malformed")
+        try:
+            header = jwt.get_unverified_header(raw)
+        except Exception:
+            raise _error("malformed token", "malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or not alg:
+            raise _error("malformed token", "malformed")
+        if alg.lower() == "none":
+            raise _error("algorithm not allowed", "bad_algorithm")
+        unverified = self._unverified_claims(raw)
+        iss = unverified.get("iss")
+        if not isinstance(iss, str) or not iss:
+            raise _error("token has no iss", "malformed")
+        issuer = self._issuers.get(iss)
+        if issuer is None:
+            raise _error("unknown issuer", "unknown_issuer")
+        if alg not in issuer.algorithms:
+            raise _error("algorithm not allowed", "bad_algorithm")
+
+        if issuer.jwks is not None:
+            # Only the kid is read from the header; jku/x5u/jwk/x5c are ignored.
+            kid = header.get("kid")
+            key: Any = await issuer.jwks.get_key(kid, alg)
+        else:
+            key = issuer.static_key
+        payload = self._decode(raw, key, alg, issuer)
+
+        now = self._clock()
+        leeway = issuer.config.leeway
+        exp = payload["exp"]
+        if not _number(exp):
+            raise _error("malformed token", "malformed")
+        if exp <= now - leeway:
+            raise _error("token expired", "expired")
+        nbf = payload.get("nbf")
+        if nbf is not None:
+            if not _number(nbf):
+                raise _error("malformed token", "malformed")
+            if nbf > now + leeway:
+                raise _error("token not yet valid", "not_yet_valid")
+        iat = payload.get("iat")
+        if iat is not None:
+            if not _number(iat):
+                raise _error("malformed token", "malformed")
+            if iat > now + leeway:
+                raise _error("token issued in the future", "issued_in_future")
+
+        identity = self._identity(payload, issuer)
+        if exp > now:
+            self._cache[raw] = (float(exp), identity)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return identity
+
+    @staticmethod
+    def _unverified_claims(raw: str) -> Dict[str, Any]:
+        """The payload, before any check: used only to pick the issuer."""
+        parts = raw.split(".")
+        if len(parts) != 3:
+            raise _error("malformed token", "malformed")
+        try:
+            payload = json.loads(base64url_decode(parts[1]))
+        except (ValueError, TypeError, binascii.Error, RecursionError):
+            raise _error("malformed token", "malformed") from None
+        if not isinstance(payload, dict):
+            raise _error("malformed token", "malformed")
+        return payload
+
+    @staticmethod
+    def _decode(raw: str, key: Any, alg: str, issuer: _Issuer) -> Dict[str, Any]:
+        try:
+            return jwt.decode(
+                raw,
+                key,
+                algorithms=[alg],
+                audience=issuer.audience,
+                issuer=issuer.name,
+                options=issuer.options,  # type: ignore[arg-type]
+            )
+        except jwt_errors.InvalidSignatureError:
+            raise _error("invalid signature", "bad_signature") from None
+        except jwt_errors.InvalidAudienceError:
+            raise _error("invalid audience", "bad_audience") from None
+        except jwt_errors.MissingRequiredClaimError as exc:
+            if exc.claim == "aud":
+                raise _error("invalid audience", "bad_audience") from None
+            raise _error(f"token has no {exc.claim}", "malformed") from None
+        except jwt_errors.InvalidIssuerError:
+            raise _error("unknown issuer", "unknown_issuer") from None
+        except jwt_errors.InvalidAlgorithmError:
+            raise _error("algorithm not allowed", "bad_algorithm") from None
+        except jwt_errors.InvalidSubjectError:
+            raise _error("token has no sub", "malformed") from None
+        except jwt_errors.InvalidKeyError:
+            log.warning("issuer %r: its key cannot verify %s tokens", issuer.name, alg)
+            raise _error("invalid signature", "bad_key") from None
+        except Exception:
+            raise _error("malformed token", "malformed") from None
+
+    @staticmethod
+    def _identity(payload: Dict[str, Any], issuer: _Issuer) -> Identity:
+        sub = payload.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise _error("token has no sub", "malformed")
+        cfg = issuer.config
+        return Identity(
+            sub=sub,
+            email=_string(_claim(payload, cfg.email_claim)),
+            groups=_groups(_claim(payload, cfg.groups_claim)),
+            preferred_username=_string(_claim(payload, cfg.username_claim)),
+            issuer=issuer.name,
+            claims=MappingProxyType(payload),
+            source="token",
+            expires_at=float(payload["exp"]),  # checked to be a finite number before
+        )

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs (Debian packages, Python and npm packages), then runs it.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# System packages: real nginx, Redis and Chromium for the end-to-end tests; wrk for bench/.
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v wrk >/dev/null || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Python packages: the gateway itself (editable) with its test extras.
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# The certified OpenID Connect provider the browser-login tests run against.
+if [ -f tests/idp/package-lock.json ]; then
+  (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+exec python3 -m pytest -q -p no:cacheprovider "$@"

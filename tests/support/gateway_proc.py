@@ -1,0 +1,108 @@
+"""Run the real ``gateway serve`` process from the CLI, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LISTEN_RE = re.compile(r"gateway listening on (http://[^ ]+) \(admin: ([^,]+),")
+
+
+class GatewayProcess:
+    """``python -m gateway serve -c FILE --listen 127.0.0.1:0``; collects stdout (access log) and stderr."""
+
+    def __init__(self, config_text: str, *, env: Optional[dict] = None, workdir: Optional[str] = None,
+                 admin: bool = True, start_timeout: float = 20.0):
+        self.workdir = workdir or tempfile.mkdtemp(prefix="gw-e2e-")
+        self.config_path = os.path.join(self.workdir, "routes.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.env["PYTHONPATH"] = ROOT + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.admin = admin
+        self.start_timeout = start_timeout
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        self.url = ""
+        self.admin_url = ""
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "GatewayProcess":
+        args = [sys.executable, "-m", "gateway", "serve", "-c", self.config_path, "--listen", "127.0.0.1:0",
+                "--admin-listen", "127.0.0.1:0" if self.admin else "off"]
+        self.proc = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        listening = threading.Event()
+
+        def pump(stream, sink, watch):
+            for line in stream:
+                sink.append(line.rstrip("\n"))
+                if watch:
+                    m = LISTEN_RE.search(line)
+                    if m:
+                        self.url, self.admin_url = m.group(1), m.group(2)
+                        listening.set()
+
+        threading.Thread(target=pump, args=(self.proc.stdout, self.stdout_lines, False), daemon=True).start()
+        threading.Thread(target=pump, args=(self.proc.stderr, self.stderr_lines, True), daemon=True).start()
+        deadline = time.monotonic() + self.start_timeout
+        while not listening.is_set():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.2)
+                self.stop()
+                raise RuntimeError("gateway did not start:\n" + "\n".join(self.stderr_lines))
+            listening.wait(0.05)
+        return self
+
+    def access_log(self) -> list[dict]:
+        out = []
+        for line in list(self.stdout_lines):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_log(self, predicate, timeout: float = 5.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.access_log():
+                if predicate(entry):
+                    return entry
+            time.sleep(0.02)
+        raise AssertionError("no matching access-log line; have:\n" + "\n".join(self.stdout_lines[-20:]))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
