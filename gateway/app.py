@@ -18,7 +18,12 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .authn import Authenticator
 from .config import Config
-from .handlers import MetricsHandler, NotFoundHandler, PingHandler, ProxyHandler, ReadyHandler, log_request
+from .discovery import DiscoveryCache
+from .handlers import (
+    CallbackHandler, ForwardAuthHandler, MetricsHandler, NotFoundHandler, PingHandler, ProxyHandler, ReadyHandler,
+    SignOutHandler, StartHandler, UserInfoHandler, log_request,
+)
+from . import jwks as _jwks
 from .proxy import Balancer, Clients
 from .routing import RouteTable
 from .telemetry import AccessLog, Metrics
@@ -34,16 +39,38 @@ class Runtime:
         self.config = config
         self.routes = RouteTable(config.routes)
         self.balancers = {route.name: Balancer(route.upstreams) for route in config.routes}
-        self.verifier = TokenVerifier(config.tokens, http_client)
-        self.authn = Authenticator(self.verifier)
-        self.login: Any = None  # browser login, when providers are configured
-        self.drop_headers: frozenset = frozenset()
+        # Bearer tokens and ID tokens of one issuer share discovery and key caches.
+        self.discovery = DiscoveryCache(http_client)
+        registry = getattr(_jwks, "JWKSRegistry", None)
+        self.jwks = registry(http_client) if registry else None
+        extra = {"jwks_registry": self.jwks} if self.jwks is not None else {}
+        self.verifier = TokenVerifier(config.tokens, http_client, discovery=self.discovery, **extra)
+        self.login: Any = None
+        if config.providers:
+            from .login import LoginManager
+
+            self.login = LoginManager(config, http_client, self.jwks, self.discovery)
+        self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None)
 
     async def start(self) -> None:
         await self.verifier.start()
+        if self.login is not None:
+            await self.login.start()
+
+    async def readiness(self) -> list[str]:
+        problems = []
+        if not await self.verifier.ready():
+            problems.append("token signing keys not loaded yet")
+        if self.login is not None:
+            problems.extend(await self.login.readiness())
+        return problems
 
     async def close(self) -> None:
         await self.verifier.close()
+        if self.login is not None:
+            await self.login.close()
+        if self.jwks is not None:
+            await self.jwks.close()
 
 
 class Gateway:
@@ -63,6 +90,7 @@ class Gateway:
         self.metrics = Metrics()
         self.access_log = access_log or AccessLog(log_stream)
         self.runtime = Runtime(config, self.http)
+        self._websockets: dict[str, set] = {}
 
     @property
     def config(self) -> Config:
@@ -73,10 +101,22 @@ class Gateway:
 
     async def readiness(self) -> list[str]:
         """What is not ready yet; an empty list means ready."""
-        problems = []
-        if not await self.runtime.verifier.ready():
-            problems.append("token signing keys not loaded yet")
-        return problems
+        return await self.runtime.readiness()
+
+    def track_websocket(self, session_id: Optional[str], socket: Any) -> None:
+        if session_id:
+            self._websockets.setdefault(session_id, set()).add(socket)
+
+    def untrack_websocket(self, session_id: Optional[str], socket: Any) -> None:
+        if session_id and session_id in self._websockets:
+            self._websockets[session_id].discard(socket)
+            if not self._websockets[session_id]:
+                del self._websockets[session_id]
+
+    def sessions_ended(self, session_id: str) -> None:
+        """A session was signed out: close the WebSockets it opened."""
+        for socket in list(self._websockets.pop(session_id, ())):
+            socket.close(1008, "session ended")
 
     async def close(self) -> None:
         await self.runtime.close()
@@ -87,6 +127,11 @@ class Gateway:
 def make_app(gateway: Gateway) -> web.Application:
     """The proxy-port application: /oauth2/* endpoints, then everything else to the routes."""
     handlers: list[Any] = [
+        (r"/oauth2/start", StartHandler, {"gateway": gateway}),
+        (r"/oauth2/callback", CallbackHandler, {"gateway": gateway}),
+        (r"/oauth2/sign_out", SignOutHandler, {"gateway": gateway}),
+        (r"/oauth2/userinfo", UserInfoHandler, {"gateway": gateway}),
+        (r"/oauth2/auth", ForwardAuthHandler, {"gateway": gateway}),
         (r"/oauth2(?:/.*)?", NotFoundHandler, {"gateway": gateway}),
         (r".*", ProxyHandler, {"gateway": gateway}),
     ]

@@ -8,7 +8,7 @@ gateway never falls back to a session cookie to rescue a bad token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from tornado import httputil
 
@@ -16,7 +16,8 @@ from .config import AUTH_LOGIN, AUTH_PUBLIC, RouteConfig
 from .models import AuthError, Identity
 from .tokens import TokenVerifier, bearer_from_header
 
-SessionLoader = Callable[[httputil.HTTPServerRequest, RouteConfig], Awaitable[Optional[Identity]]]
+# (handler, route) -> identity; gets the handler because a refresh re-sets the session cookie.
+SessionLoader = Callable[[Any, Optional[RouteConfig]], Awaitable[Optional[Identity]]]
 
 
 @dataclass
@@ -40,8 +41,9 @@ class Authenticator:
         self.verifier = verifier
         self.session_loader = session_loader
 
-    async def authenticate(self, request: httputil.HTTPServerRequest, route: Optional[RouteConfig]) -> AuthResult:
+    async def authenticate(self, handler: Any, route: Optional[RouteConfig]) -> AuthResult:
         """Bearer token on any route; the login session only where the route takes one."""
+        request = handler.request
         try:
             raw = bearer_from_header(request.headers.get("Authorization"))
         except AuthError as exc:
@@ -52,7 +54,7 @@ class Authenticator:
             except AuthError as exc:
                 return AuthResult(error=exc, token_sent=True)
         if self.session_loader is not None and (route is None or route.auth == AUTH_LOGIN):
-            identity = await self.session_loader(request, route)
+            identity = await self.session_loader(handler, route)
             if identity is not None:
                 return AuthResult(identity=identity)
         return AuthResult()

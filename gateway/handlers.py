@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,6 +20,7 @@ from tornado import web
 
 from . import forwarded
 from .authn import is_browser
+from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
@@ -150,11 +152,11 @@ class ProxyHandler(GatewayHandler):
 
         # 3. authenticate and 4. authorize (public routes do neither)
         if route.auth != AUTH_PUBLIC:
-            result = await rt.authn.authenticate(req, route)
+            result = await rt.authn.authenticate(self, route)
             if result.error is not None:
                 return self.deny_token(result.error)
             if result.identity is None:
-                return self.unauthenticated(route)
+                return await self.unauthenticated(route)
             self.identity = result.identity
             scope.user = result.identity.sub
             decision = authorize(route.allow, result.identity, req.method or "GET")
@@ -170,7 +172,7 @@ class ProxyHandler(GatewayHandler):
             self, gw.clients, rt.balancers[route.name],
             method=req.method or "GET",
             path_and_query=match.upstream_path + ("?" + query if query else ""),
-            headers=upstream_request_headers(req.headers, extra=self._extra_headers(), drop=rt.drop_headers),
+            headers=self._upstream_headers(),
             content_length=length if length else None,
             has_body=has_body,
             preserve_host=req.host if route.preserve_host else None,
@@ -179,6 +181,16 @@ class ProxyHandler(GatewayHandler):
         )
         if has_body:
             self._running = asyncio.ensure_future(self.exchange.run())
+
+    def _upstream_headers(self) -> Any:
+        headers = upstream_request_headers(self.request.headers, extra=self._extra_headers())
+        login = self.runtime.login
+        if login is not None and "Cookie" in headers:
+            kept = login.upstream_cookie_header(headers.get_list("Cookie"))
+            del headers["Cookie"]
+            if kept:
+                headers["Cookie"] = kept
+        return headers
 
     def _extra_headers(self) -> list[tuple[str, str]]:
         fwd = self.forwarded
@@ -208,11 +220,11 @@ class ProxyHandler(GatewayHandler):
                   headers={"WWW-Authenticate": header})
         self.scope.reason = f"invalid token: {error.reason}"
 
-    def unauthenticated(self, route: Any) -> None:
+    async def unauthenticated(self, route: Any) -> None:
         self.gateway.metrics.auth_failures.labels(route.name, "unauthenticated").inc()
         login = self.runtime.login
         if login is not None and route.auth == "login" and self.wants_html() and self.request.method in ("GET", "HEAD"):
-            return login.begin(self, route)
+            return await login.begin(self, route)
         self.fail(401, "no credentials", description="a bearer token is required",
                   headers={"WWW-Authenticate": WWW_AUTHENTICATE})
 
@@ -275,6 +287,119 @@ def _content_length(value: Optional[str]) -> Optional[int]:
 class NotFoundHandler(GatewayHandler):
     def prepare(self) -> None:
         self.fail(404, "no route")
+
+
+# -- /oauth2/* on the proxy port ------------------------------------------------
+
+
+class OAuthHandler(GatewayHandler):
+    """Base for the gateway's own endpoints: never cached, login must be configured where needed."""
+
+    def login(self) -> Any:
+        login = self.runtime.login
+        if login is None:
+            self.fail(404, "browser login is not configured", description="Browser sign-in is not configured.")
+        return login
+
+
+class StartHandler(OAuthHandler):
+    async def get(self) -> None:
+        login = self.login()
+        if login is None:
+            return
+        rd = self.get_argument("rd", "/")
+        route = None
+        try:
+            match = self.runtime.routes.match(self.request.host, normalize_path(rd.partition("?")[0]), "GET")
+            route = match.route if match and match.route.auth == "login" else None
+        except BadPath:
+            pass
+        await login.begin(self, route, rd=rd, provider=self.get_argument("provider", None))
+
+
+class CallbackHandler(OAuthHandler):
+    async def get(self) -> None:
+        login = self.login()
+        if login is not None:
+            await login.finish(self)
+
+
+class SignOutHandler(OAuthHandler):
+    async def get(self) -> None:
+        login = self.runtime.login
+        if login is None:
+            return self.redirect(safe_redirect_path(self.get_argument("rd", "/")))
+        await login.sign_out(self)
+
+    post = get
+
+
+class UserInfoHandler(OAuthHandler):
+    async def get(self) -> None:
+        result = await self.runtime.authn.authenticate(self, None)
+        if result.identity is None:
+            desc = result.error.description if result.error else "not signed in"
+            header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
+            return self.fail(401, "no identity", description=desc, headers={"WWW-Authenticate": header})
+        ident = result.identity
+        self.scope.user = ident.sub
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({
+            "sub": ident.sub, "email": ident.email, "groups": list(ident.groups),
+            "preferred_username": ident.preferred_username, "issuer": ident.issuer, "source": ident.source,
+        }))
+
+
+class ForwardAuthHandler(OAuthHandler):
+    """/oauth2/auth for nginx auth_request, Traefik ForwardAuth and Caddy forward_auth."""
+
+    async def get(self) -> None:
+        req = self.request
+        host = req.headers.get("X-Forwarded-Host") or req.host
+        uri = req.headers.get("X-Forwarded-Uri")
+        original = req.headers.get("X-Original-URL")
+        if uri is None and original:
+            parts = urlsplit(original)
+            host = parts.netloc or host
+            uri = parts.path or "/"
+        method = req.headers.get("X-Forwarded-Method") or req.headers.get("X-Original-Method") or "GET"
+        try:
+            path = normalize_path((uri or "/").partition("?")[0])
+        except BadPath as exc:
+            return self.fail(403, f"forward-auth: bad path: {exc}")
+        match = self.runtime.routes.match(host, path, method)
+        if match is None:
+            return self.fail(403, "forward-auth: no route")
+        route = match.route
+        self.scope.route = route.name
+        self.scope.path = path
+        if route.auth == AUTH_PUBLIC:
+            self.set_status(200)
+            return self.finish()
+        result = await self.runtime.authn.authenticate(self, route)
+        if result.identity is None:
+            header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
+            self.gateway.metrics.auth_failures.labels(route.name, result.error.reason if result.error else "unauthenticated").inc()
+            return self.fail(401, "forward-auth: not authenticated", headers={"WWW-Authenticate": header})
+        ident = result.identity
+        self.scope.user = ident.sub
+        decision = authorize(route.allow, ident, method)
+        if not decision.allowed:
+            self.gateway.metrics.auth_failures.labels(route.name, "forbidden").inc()
+            return self.fail(403, decision.reason)
+        self.set_status(200)
+        self.set_header("X-Auth-Request-User", ident.sub)
+        if ident.email:
+            self.set_header("X-Auth-Request-Email", ident.email)
+        if ident.groups:
+            self.set_header("X-Auth-Request-Groups", ",".join(ident.groups))
+        if ident.preferred_username:
+            self.set_header("X-Auth-Request-Preferred-Username", ident.preferred_username)
+        self.set_header("Cache-Control", "no-store")
+        self.finish()
+
+    head = get
 
 
 # -- admin port -----------------------------------------------------------------

@@ -243,7 +243,7 @@ class Exchange:
                 return
             except UpstreamError as exc:
                 last = exc
-                if self.started or not retriable or exc.kind != "connect":
+                if self.started or not retriable or exc.kind != "connect" or attempt == len(urls) - 1:
                     raise
                 log.warning("upstream %s unreachable (%s), trying the next one", base, exc.detail)
         assert last is not None
