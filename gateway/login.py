@@ -35,7 +35,7 @@ from .discovery import DiscoveryCache
 from .jwks import JWKSRegistry
 from .models import Identity
 from .oidc import InvalidGrant, OIDCClient, OIDCError, ProviderUnavailable, new_pkce, random_token
-from .sessions import CookieCodec, CookieUpdate, Session, SessionStore, make_session_store
+from .sessions import CookieCodec, CookieUpdate, Session, SessionStore, SessionStoreError, make_session_store
 
 log = logging.getLogger("gateway.login")
 
@@ -212,7 +212,11 @@ class LoginManager:
             access_token=tokens.access_token, refresh_token=tokens.refresh_token,
             access_expires_at=tokens.expires_at, created_at=now, expires_at=now + self.config.session.lifetime,
         )
-        await self._save(handler, session)
+        try:
+            await self._save(handler, session)
+        except SessionStoreError as exc:
+            log.error("cannot store the session of %s: %s", session.sub, exc)
+            return handler.fail(503, "session store unavailable", retry_url=retry, retry_label="Try again")
         handler.scope.user = session.sub
         log.info("signed in %s via %s", session.sub, client.name)
         handler.set_header("Cache-Control", "no-store")
@@ -267,11 +271,15 @@ class LoginManager:
             running = asyncio.ensure_future(self._do_refresh(session, cookies))
             self._refreshing[session.id] = running
             running.add_done_callback(lambda _f, sid=session.id: self._refreshing.pop(sid, None))
-        outcome = await asyncio.shield(running)
-        if outcome is None:
-            await self._clear(handler, cookies)
-            return None
-        await self._save(handler, outcome)
+        try:
+            outcome = await asyncio.shield(running)
+            if outcome is None:
+                await self._clear(handler, cookies)
+                return None
+            await self._save(handler, outcome)
+        except SessionStoreError as exc:
+            log.warning("session store failed during refresh: %s", exc)
+            return session
         return outcome
 
     async def _do_refresh(self, session: Session, cookies: Mapping[str, str]) -> Optional[Session]:
@@ -310,7 +318,10 @@ class LoginManager:
                 session, access_token=tokens.access_token, id_token=id_token,
                 refresh_token=tokens.refresh_token or session.refresh_token, access_expires_at=tokens.expires_at,
             )
-            await self.store.save(refreshed, cookies)  # so other instances see it (Redis)
+            try:
+                await self.store.save(refreshed, cookies)  # so other instances see it (Redis)
+            except SessionStoreError as exc:
+                log.warning("could not store the refreshed session: %s", exc)
             return refreshed
         finally:
             await self.store.unlock(session.id)
