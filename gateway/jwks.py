@@ -356,3 +356,50 @@ class JWKSCache:
         else:
             log.warning("%s; no signing keys yet", message)
         return False
+
+
+class JWKSRegistry:
+    """One ``JWKSCache`` per key set URI, shared by everything that verifies that issuer's tokens.
+
+    Bearer-token verification (``tokens.TokenVerifier``) and ID-token
+    validation (``oidc.OIDCClient``) of the same issuer ask for the same
+    ``jwks_uri`` and so share one cache: one fetch, one unknown-kid cooldown,
+    one backoff after a failure::
+
+        registry = JWKSRegistry(AsyncHTTPClient(), unknown_kid_cooldown=30)
+        cache = registry.get("https://idp.example.com/jwks")
+        ...
+        await registry.close()
+
+    ``jwks_options`` are passed to every ``JWKSCache`` it creates (``clock``,
+    ``min_ttl``, ``unknown_kid_cooldown``, ...). The URI is used exactly as
+    given: two spellings of one URL are two caches.
+    """
+
+    def __init__(self, http_client: AsyncHTTPClient, **jwks_options: Any):
+        self._http = http_client
+        self._options = jwks_options
+        self._caches: Dict[str, JWKSCache] = {}
+        self._closed = False
+
+    def get(self, uri: str) -> JWKSCache:
+        """The cache for ``uri``, created on first use."""
+        cache = self._caches.get(uri)
+        if cache is None:
+            cache = JWKSCache(self._http, uri, **self._options)
+            if self._closed:
+                cache._closed = True  # a late caller after close(): serve nothing, fetch nothing
+            self._caches[uri] = cache
+        return cache
+
+    def __contains__(self, uri: object) -> bool:
+        return uri in self._caches
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    async def close(self) -> None:
+        """Stop every cache's fetching; keys already held are still served."""
+        self._closed = True
+        for cache in list(self._caches.values()):
+            await cache.close()

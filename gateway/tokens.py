@@ -38,7 +38,7 @@ import re
 import time
 from collections import OrderedDict
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jwt
 from cryptography import x509
@@ -50,7 +50,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
 from .discovery import DiscoveryCache, DiscoveryError
-from .jwks import EC_CURVES, RSA_ALGORITHMS, JWKSCache
+from .jwks import DEFAULT_RETRY_INTERVAL, EC_CURVES, RSA_ALGORITHMS, JWKSCache, JWKSRegistry, KeysUnavailable
 from .models import AuthError, Identity
 
 log = logging.getLogger("gateway.tokens")
@@ -167,7 +167,7 @@ class _Issuer:
         self.name = config.issuer
         self.audience: Optional[List[str]] = list(config.audience) if config.audience is not None else None
         self.static_key: Any = None
-        self.jwks: Optional[JWKSCache] = None
+        self.jwks: Optional[Any] = None  # a JWKSCache, or a _SharedKeys from a JWKSRegistry
         if config.secret:
             self.algorithms = frozenset(config.algorithms) & HMAC_ALGORITHMS
             self.static_key = config.secret.encode("utf-8")
@@ -219,12 +219,98 @@ def _string(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
 
+class _SharedKeys:
+    """An issuer's keys held in a shared ``JWKSRegistry``, found by URI.
+
+    The URI is either configured (``jwks_uri``) or read from the issuer's
+    discovery document before every lookup (the discovery cache makes that a
+    dict lookup), so a provider that moves its key set is followed. The
+    registry owns the caches: ``close`` stops only what this object started.
+    After a failed discovery, lookups fail fast (``KeysUnavailable``) for
+    ``retry_interval`` seconds instead of refetching for every token.
+    """
+
+    def __init__(
+        self,
+        registry: JWKSRegistry,
+        issuer: str,
+        uri: Optional[str],
+        resolve: Optional[Callable[[], Awaitable[str]]],
+        *,
+        monotonic: Callable[[], float],
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+    ):
+        self._registry = registry
+        self._issuer = issuer
+        self._uri = uri
+        self._resolve = resolve
+        self._clock = monotonic
+        self._retry = retry_interval
+        self._next_attempt = float("-inf")
+        self._starting: Optional["asyncio.Task[None]"] = None
+
+    async def cache(self) -> JWKSCache:
+        """The shared cache; raises ``DiscoveryError`` when the URI cannot be found."""
+        if self._uri is not None:
+            return self._registry.get(self._uri)
+        assert self._resolve is not None
+        if self._clock() < self._next_attempt:
+            raise DiscoveryError(f"discovery of {self._issuer!r} failed recently")
+        try:
+            uri = await self._resolve()
+        except DiscoveryError:
+            self._next_attempt = self._clock() + self._retry
+            raise
+        return self._registry.get(uri)
+
+    async def get_key(self, kid: Optional[str], alg: str) -> Any:
+        try:
+            cache = await self.cache()
+        except DiscoveryError as exc:
+            log.warning("issuer %r: %s; no signing keys", self._issuer, exc)
+            raise KeysUnavailable() from None
+        return await cache.get_key(kid, alg)
+
+    async def start(self) -> None:
+        if self._uri is not None:
+            await self._registry.get(self._uri).start()
+        elif self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_discovered())
+
+    async def _start_discovered(self) -> None:
+        try:
+            cache = await self.cache()
+        except DiscoveryError as exc:
+            log.warning("issuer %r: %s; no signing keys yet", self._issuer, exc)
+            return
+        await cache.start()
+
+    async def ready(self) -> bool:
+        try:
+            cache = await self.cache()
+        except DiscoveryError:
+            return False
+        return await cache.ready()
+
+    async def close(self) -> None:
+        task, self._starting = self._starting, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
 class TokenVerifier:
     """Verifies bearer JWTs from the configured issuers and remembers the good ones.
 
     ``clock`` is wall-clock time for ``exp``/``nbf``/``iat``; ``monotonic``
     paces the JWKS and discovery caches. ``discovery`` may be shared with
-    the login code; one is made from ``http_client`` otherwise.
+    the login code; one is made from ``http_client`` otherwise. With a
+    ``jwks_registry`` the key caches come from it (shared with ID-token
+    validation of the same issuer, keyed by key set URI; ``jwks_options``
+    are then the registry's business); without one each issuer gets its own.
     """
 
     def __init__(
@@ -238,6 +324,7 @@ class TokenVerifier:
         max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
         discovery: Optional[DiscoveryCache] = None,
         jwks_options: Optional[Dict[str, Any]] = None,
+        jwks_registry: Optional[JWKSRegistry] = None,
     ):
         problems = [p for cfg in issuers for p in check_issuer(cfg)]
         names = [cfg.issuer for cfg in issuers]
@@ -250,7 +337,7 @@ class TokenVerifier:
         self._cache: "OrderedDict[str, Tuple[float, Identity]]" = OrderedDict()
         self._discovery = discovery
         self._issuers: Dict[str, _Issuer] = {}
-        self._jwks: List[JWKSCache] = []
+        self._jwks: List[Any] = []  # JWKSCache or _SharedKeys
         for cfg in issuers:
             issuer = _Issuer(cfg)
             if issuer.static_key is None:
@@ -259,7 +346,16 @@ class TokenVerifier:
                     if self._discovery is None:
                         self._discovery = DiscoveryCache(http_client, clock=monotonic)
                     uri = self._discovered_jwks_uri(cfg.issuer)
-                issuer.jwks = JWKSCache(http_client, uri, clock=monotonic, **(jwks_options or {}))
+                if jwks_registry is not None:
+                    issuer.jwks = _SharedKeys(
+                        jwks_registry,
+                        cfg.issuer,
+                        uri if isinstance(uri, str) else None,
+                        None if isinstance(uri, str) else uri,
+                        monotonic=monotonic,
+                    )
+                else:
+                    issuer.jwks = JWKSCache(http_client, uri, clock=monotonic, **(jwks_options or {}))
                 self._jwks.append(issuer.jwks)
             self._issuers[cfg.issuer] = issuer
 
