@@ -13,6 +13,7 @@ import logging
 from typing import IO, Any, Optional
 
 from tornado import web
+from tornado.routing import Rule
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
@@ -28,6 +29,7 @@ from .proxy import Balancer, Clients
 from .routing import RouteTable
 from .telemetry import AccessLog, Metrics
 from .tokens import TokenVerifier
+from .websocket import UpgradeMatcher, WebSocketRelay
 
 log = logging.getLogger("gateway")
 
@@ -90,7 +92,8 @@ class Gateway:
         self.metrics = Metrics()
         self.access_log = access_log or AccessLog(log_stream)
         self.runtime = Runtime(config, self.http)
-        self._websockets: dict[str, set] = {}
+        self.websockets: set = set()
+        self._by_session: dict[str, set] = {}
 
     @property
     def config(self) -> Config:
@@ -104,19 +107,25 @@ class Gateway:
         return await self.runtime.readiness()
 
     def track_websocket(self, session_id: Optional[str], socket: Any) -> None:
+        self.websockets.add(socket)
         if session_id:
-            self._websockets.setdefault(session_id, set()).add(socket)
+            self._by_session.setdefault(session_id, set()).add(socket)
 
     def untrack_websocket(self, session_id: Optional[str], socket: Any) -> None:
-        if session_id and session_id in self._websockets:
-            self._websockets[session_id].discard(socket)
-            if not self._websockets[session_id]:
-                del self._websockets[session_id]
+        self.websockets.discard(socket)
+        if session_id and session_id in self._by_session:
+            self._by_session[session_id].discard(socket)
+            if not self._by_session[session_id]:
+                del self._by_session[session_id]
 
     def sessions_ended(self, session_id: str) -> None:
-        """A session was signed out: close the WebSockets it opened."""
-        for socket in list(self._websockets.pop(session_id, ())):
+        """A session was signed out: close the WebSockets it opened (policy violation, 1008)."""
+        for socket in list(self._by_session.pop(session_id, ())):
             socket.close(1008, "session ended")
+
+    def close_websockets(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        for socket in list(self.websockets):
+            socket.close(code, reason)
 
     async def close(self) -> None:
         await self.runtime.close()
@@ -126,6 +135,7 @@ class Gateway:
 
 def make_app(gateway: Gateway) -> web.Application:
     """The proxy-port application: /oauth2/* endpoints, then everything else to the routes."""
+    kwargs = {"gateway": gateway}
     handlers: list[Any] = [
         (r"/oauth2/start", StartHandler, {"gateway": gateway}),
         (r"/oauth2/callback", CallbackHandler, {"gateway": gateway}),
@@ -133,7 +143,8 @@ def make_app(gateway: Gateway) -> web.Application:
         (r"/oauth2/userinfo", UserInfoHandler, {"gateway": gateway}),
         (r"/oauth2/auth", ForwardAuthHandler, {"gateway": gateway}),
         (r"/oauth2(?:/.*)?", NotFoundHandler, {"gateway": gateway}),
-        (r".*", ProxyHandler, {"gateway": gateway}),
+        Rule(UpgradeMatcher(), WebSocketRelay, kwargs),
+        (r".*", ProxyHandler, kwargs),
     ]
     return web.Application(handlers, log_function=log_request, compress_response=False, xsrf_cookies=False)
 

@@ -216,6 +216,7 @@ class Server:
         self.http_server.stop()
         if self.admin_server is not None:
             self.admin_server.stop()
+        self.gateway.close_websockets(1001, "gateway shutting down")
         grace = self.config.server.shutdown_grace
         log.info("shutting down: waiting up to %.0fs for in-flight requests", grace)
         loop = asyncio.get_running_loop()

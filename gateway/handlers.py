@@ -25,7 +25,7 @@ from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
 from .proxy import Exchange, UpstreamError, upstream_request_headers
-from .routing import BadPath, normalize_path
+from .routing import BadPath, Match, normalize_path
 from .telemetry import RequestScope, request_id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,75 +114,62 @@ class GatewayHandler(web.RequestHandler):
         except Exception:  # pragma: no cover - last resort
             self.finish()
 
-
-@web.stream_request_body
-class ProxyHandler(GatewayHandler):
-    """Every request on the proxy port that is not under /oauth2."""
-
-    SUPPORTED_METHODS = (
-        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
-        "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
-    )
-    exchange: Optional[Exchange] = None
     identity: Optional[Identity] = None
-    _running: Optional["asyncio.Future[None]"] = None
 
-    async def prepare(self) -> None:
+    async def admit(self, *, check_body: bool = False, websocket: bool = False) -> Optional[Match]:
+        """Steps 1-4 of the request path: match, (size), authenticate, authorize.
+
+        Returns the match when the request may go on; otherwise the response
+        (404, 413, 401, a login redirect, 403) has been sent and it returns None.
+        """
         gw, rt, req, scope = self.gateway, self.runtime, self.request, self.scope
-        gw.metrics.in_flight.inc()
-        self._counted = True
         # 1. match a route on the normalised path
         try:
             path = normalize_path(req.path)
         except BadPath as exc:
-            return self.fail(400, f"bad path: {exc}")
+            self.fail(400, f"bad path: {exc}")
+            return None
         match = rt.routes.match(req.host, path, req.method or "GET")
         if match is None:
-            return self.fail(404, "no route")
+            self.fail(404, "no route")
+            return None
         route = match.route
         scope.route = route.name
+        if websocket and not route.websocket:
+            self.fail(403, "websocket disabled on this route", description="WebSockets are not allowed here.")
+            return None
 
         # 2. refuse an oversized body before anything reaches the upstream
-        limit = route.max_body_size if route.max_body_size is not None else rt.config.server.max_body_size
-        length = _content_length(req.headers.get("Content-Length"))
-        if length == -1:
-            return self.fail(400, "bad content-length")
-        if limit and length is not None and length > limit:
-            return self.fail(413, f"body of {length} bytes over the limit of {limit}")
+        if check_body:
+            limit = route.max_body_size if route.max_body_size is not None else rt.config.server.max_body_size
+            length = _content_length(req.headers.get("Content-Length"))
+            if length == -1:
+                self.fail(400, "bad content-length")
+                return None
+            if limit and length is not None and length > limit:
+                self.fail(413, f"body of {length} bytes over the limit of {limit}")
+                return None
 
         # 3. authenticate and 4. authorize (public routes do neither)
         if route.auth != AUTH_PUBLIC:
             result = await rt.authn.authenticate(self, route)
             if result.error is not None:
-                return self.deny_token(result.error)
+                self.deny_token(result.error)
+                return None
             if result.identity is None:
-                return await self.unauthenticated(route)
+                await self.unauthenticated(route, allow_redirect=not websocket)
+                return None
             self.identity = result.identity
             scope.user = result.identity.sub
             decision = authorize(route.allow, result.identity, req.method or "GET")
             if not decision.allowed:
                 gw.metrics.auth_failures.labels(route.name, "forbidden").inc()
                 log.info("denied %s to %s on route %s: %s", req.method, result.identity.sub, route.name, decision.reason)
-                return self.fail(403, decision.reason)
+                self.fail(403, decision.reason)
+                return None
+        return match
 
-        # 5. proxy: start now so a request body streams as it arrives
-        has_body = bool(length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
-        query = req.query
-        self.exchange = Exchange(
-            self, gw.clients, rt.balancers[route.name],
-            method=req.method or "GET",
-            path_and_query=match.upstream_path + ("?" + query if query else ""),
-            headers=self._upstream_headers(),
-            content_length=length if length else None,
-            has_body=has_body,
-            preserve_host=req.host if route.preserve_host else None,
-            timeout=route.timeout,
-            connect_timeout=route.connect_timeout,
-        )
-        if has_body:
-            self._running = asyncio.ensure_future(self.exchange.run())
-
-    def _upstream_headers(self) -> Any:
+    def upstream_headers(self) -> Any:
         headers = upstream_request_headers(self.request.headers, extra=self._extra_headers())
         login = self.runtime.login
         if login is not None and "Cookie" in headers:
@@ -220,13 +207,52 @@ class ProxyHandler(GatewayHandler):
                   headers={"WWW-Authenticate": header})
         self.scope.reason = f"invalid token: {error.reason}"
 
-    async def unauthenticated(self, route: Any) -> None:
+    async def unauthenticated(self, route: Any, allow_redirect: bool = True) -> None:
         self.gateway.metrics.auth_failures.labels(route.name, "unauthenticated").inc()
         login = self.runtime.login
-        if login is not None and route.auth == "login" and self.wants_html() and self.request.method in ("GET", "HEAD"):
+        if (login is not None and allow_redirect and route.auth == "login" and self.wants_html()
+                and self.request.method in ("GET", "HEAD")):
             return await login.begin(self, route)
         self.fail(401, "no credentials", description="a bearer token is required",
                   headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+
+@web.stream_request_body
+class ProxyHandler(GatewayHandler):
+    """Every request on the proxy port that is not under /oauth2."""
+
+    SUPPORTED_METHODS = (
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+        "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "REPORT", "SEARCH",
+    )
+    exchange: Optional[Exchange] = None
+    _running: Optional["asyncio.Future[None]"] = None
+
+    async def prepare(self) -> None:
+        self.gateway.metrics.in_flight.inc()
+        self._counted = True
+        match = await self.admit(check_body=True)
+        if match is None:
+            return
+        # 5. proxy: start now so a request body streams as it arrives
+        req, route = self.request, match.route
+        length = _content_length(req.headers.get("Content-Length"))
+        has_body = bool(length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
+        query = req.query
+        self.exchange = Exchange(
+            self, self.gateway.clients, self.runtime.balancers[route.name],
+            method=req.method or "GET",
+            path_and_query=match.upstream_path + ("?" + query if query else ""),
+            headers=self.upstream_headers(),
+            content_length=length if length else None,
+            has_body=has_body,
+            preserve_host=req.host if route.preserve_host else None,
+            timeout=route.timeout,
+            connect_timeout=route.connect_timeout,
+        )
+        if has_body:
+            self._running = asyncio.ensure_future(self.exchange.run())
 
     def data_received(self, chunk: bytes) -> Any:
         if self.exchange is not None and not self._finished:

@@ -257,7 +257,7 @@ class LoginManager:
         return Identity(
             sub=session.sub, email=session.email, groups=tuple(session.groups),
             preferred_username=session.preferred_username, issuer=session.claims.get("iss"),
-            claims=session.claims, source="session", expires_at=session.expires_at,
+            claims=session.claims, source="session", expires_at=session.expires_at, session_id=session.id,
         )
 
     def _refresh_due(self, session: Session) -> bool:

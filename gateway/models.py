@@ -21,6 +21,7 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     source: str = "token"  # "token" or "session"
     expires_at: Optional[float] = None  # unix time
+    session_id: Optional[str] = None  # the login session it came from, if any
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""WebSocket upgrades: admitted like any request, then relayed frame by frame.
+
+The proxy port's router sends requests carrying ``Upgrade: websocket`` here
+instead of to ``ProxyHandler``. The handshake is authenticated and authorized
+exactly like a plain request (401/403 before any upgrade, never a login
+redirect), then the gateway connects to the upstream first, so a dead upstream
+is a 502 rather than an accepted socket that closes at once, and only then
+accepts the client. Messages are relayed one at a time in each direction: a
+slow reader on either side stops the gateway from reading the other, so nothing
+buffers without bound. Close codes pass through both ways, and signing out a
+session closes the sockets it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Optional, Union
+
+from tornado import httputil, routing, websocket
+from tornado.httpclient import HTTPRequest
+
+from .handlers import GatewayHandler
+
+log = logging.getLogger("gateway.websocket")
+
+# Set by the WebSocket handshake itself on each leg; never copied across.
+HANDSHAKE_HEADERS = frozenset({
+    "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-accept",
+    "sec-websocket-protocol", "origin",
+})
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
+    upstream: Optional[websocket.WebSocketClientConnection] = None
+    _pump: Optional["asyncio.Future[None]"] = None
+    _closing = False
+
+    async def prepare(self) -> None:
+        match = await self.admit(websocket=True)
+        if match is None:
+            return
+        self.match = match
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        match, req = self.match, self.request
+        route = match.route
+        base = self.runtime.balancers[route.name].order()[0]
+        url = "ws" + base[4:] + match.upstream_path + ("?" + req.query if req.query else "")
+        headers = self.upstream_headers()
+        for name in list(headers.keys()):
+            if name.lower() in HANDSHAKE_HEADERS:
+                del headers[name]
+        protocols = [p.strip() for p in req.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        if req.headers.get("Origin"):
+            headers["Origin"] = req.headers["Origin"]
+        if route.preserve_host:
+            headers["Host"] = req.host
+        self.scope.upstream = base
+        try:
+            self.upstream = await websocket.websocket_connect(
+                HTTPRequest(url, headers=headers, connect_timeout=route.connect_timeout,
+                            request_timeout=route.timeout, follow_redirects=False),
+                subprotocols=protocols or None, max_message_size=MAX_MESSAGE, ping_interval=None,
+            )
+        except Exception as exc:  # refused, reset, timeout, or the upstream declined the upgrade
+            kind = "timeout" if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower() else "connect"
+            self.gateway.metrics.upstream_errors.labels(route.name, kind).inc()
+            log.warning("websocket upstream %s for route %s: %s", base, route.name, exc)
+            return self.fail(504 if kind == "timeout" else 502, f"websocket upstream {kind}")
+        await super().get(*args, **kwargs)
+
+    def select_subprotocol(self, subprotocols: list[str]) -> Optional[str]:
+        chosen = self.upstream.selected_subprotocol if self.upstream is not None else None
+        return chosen if chosen in subprotocols else None
+
+    def get_compression_options(self) -> Optional[dict]:
+        return None
+
+    def check_origin(self, origin: str) -> bool:
+        # Authentication already happened; the upstream gets Origin and may decide itself.
+        return True
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.set_nodelay(True)
+        self.gateway.track_websocket(self.identity.session_id if self.identity else None, self)
+        self._pump = asyncio.ensure_future(self._upstream_to_client())
+
+    async def _upstream_to_client(self) -> None:
+        upstream = self.upstream
+        assert upstream is not None
+        while True:
+            message = await upstream.read_message()
+            if message is None:
+                if not self._closing:
+                    self._closing = True
+                    self.close(upstream.close_code or 1000, upstream.close_reason or "")
+                return
+            try:
+                await self.write_message(message, binary=isinstance(message, bytes))
+            except websocket.WebSocketClosedError:
+                return
+
+    async def on_message(self, message: Union[str, bytes]) -> None:
+        if self.upstream is None:
+            return
+        try:
+            await self.upstream.write_message(message, binary=isinstance(message, bytes))
+        except websocket.WebSocketClosedError:
+            self.close(1011, "upstream closed")
+
+    def on_ping(self, data: bytes) -> None:
+        if self.upstream is not None and self.upstream.protocol is not None:
+            try:
+                self.upstream.ping(data)
+            except websocket.WebSocketClosedError:
+                pass
+
+    def on_close(self) -> None:
+        self.gateway.untrack_websocket(self.identity.session_id if self.identity else None, self)
+        if self.upstream is not None and not self._closing:
+            self._closing = True
+            code = self.close_code if self.close_code not in (None, 1005, 1006) else 1000
+            self.upstream.close(code, self.close_reason or "")
+
+    def on_connection_close(self) -> None:
+        # The client went away before or during the upstream handshake.
+        if self.upstream is not None and self.ws_connection is None:
+            self.upstream.close()
+        super().on_connection_close()
+
+
+def is_upgrade(request: httputil.HTTPServerRequest) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+class UpgradeMatcher(routing.Matcher):
+    """Routes WebSocket handshakes to WebSocketRelay, everything else falls through."""
+
+    def match(self, request: httputil.HTTPServerRequest) -> Optional[dict]:
+        return {} if is_upgrade(request) else None
