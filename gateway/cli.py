@@ -87,7 +87,35 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    return run(Server(config, path).serve)
+    try:
+        sockets = bind(config.server.listen)
+        admin_sockets = bind(config.server.admin_listen) if config.server.admin_listen is not None else None
+    except OSError as exc:
+        print(f"{path}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if config.server.workers <= 1:
+        return run(Server(config, path, sockets, admin_sockets).serve)
+    # Several workers: metrics go through prometheus-client's multiprocess files, merged on /metrics.
+    import tempfile
+
+    from .workers import supervise
+
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    def on_exit(pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, metrics_dir)
+
+    try:
+        return supervise(config.server.workers,
+                         lambda index: run(Server(config, path, sockets, admin_sockets, worker=index).serve),
+                         on_exit)
+    finally:
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def run(coro_factory: Callable[[], "asyncio.Future[int] | object"]) -> int:
@@ -140,9 +168,13 @@ def url_of(sockets: list[socket.socket]) -> str:
 class Server:
     """A running `gateway serve`: the two listeners, reload on SIGHUP or file change, drain on SIGTERM."""
 
-    def __init__(self, config: Config, path: str):
+    def __init__(self, config: Config, path: str, sockets: Optional[list[socket.socket]] = None,
+                 admin_sockets: Optional[list[socket.socket]] = None, worker: Optional[int] = None):
         self.config = config
         self.path = path
+        self.sockets = sockets
+        self.admin_sockets = admin_sockets
+        self.worker = worker
         self.stopping: Optional[asyncio.Event] = None
         self._stat = _file_stamp(path)
 
@@ -156,13 +188,13 @@ class Server:
             make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=MAX_HEADER_BYTES,
             idle_connection_timeout=300, body_timeout=300,
         )
-        sockets = bind(self.config.server.listen)
+        sockets = self.sockets or bind(self.config.server.listen)
         self.http_server.add_sockets(sockets)
         admin_url = "off"
         self.admin_server: Optional[HTTPServer] = None
         if self.config.server.admin_listen is not None:
             self.admin_server = HTTPServer(make_admin_app(gateway))
-            admin_sockets = bind(self.config.server.admin_listen)
+            admin_sockets = self.admin_sockets or bind(self.config.server.admin_listen)
             self.admin_server.add_sockets(admin_sockets)
             admin_url = url_of(admin_sockets)
         loop = asyncio.get_running_loop()
@@ -170,7 +202,8 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         watcher = asyncio.ensure_future(self._watch_file())
-        log.info("gateway listening on %s (admin: %s, config: %s)", url_of(sockets), admin_url, self.path)
+        who = f" [worker {self.worker}]" if self.worker is not None else ""
+        log.info("gateway listening on %s (admin: %s, config: %s)%s", url_of(sockets), admin_url, self.path, who)
         await self.stopping.wait()
         watcher.cancel()
         await self._drain()

@@ -15,7 +15,7 @@ import time
 from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from tornado import web
 
 from . import forwarded
@@ -452,7 +452,7 @@ class ReadyHandler(PingHandler):
 class MetricsHandler(PingHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.write(generate_latest(self.gateway.metrics.registry))
+        self.write(self.gateway.metrics.exposition())
 
 
 def log_request(handler: web.RequestHandler) -> None:

@@ -9,6 +9,7 @@ so tokens, codes and cookies cannot reach it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -16,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,10 +72,19 @@ class Metrics:
         self.reloads = Counter(
             "gateway_config_reloads", "Configuration reloads by result (ok, error).", ["result"], registry=r,
         )
-        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now.", registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now.", registry=r,
+                               multiprocess_mode="livesum")
         self.token_cache_hits = Counter(
             "gateway_token_cache_hits", "Bearer tokens answered from the verified-token cache.", registry=r
         )
+
+    def exposition(self) -> bytes:
+        """The text format for /metrics: this process's registry, or every worker's when there are several."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
     def observe(self, scope: RequestScope, status: int, duration: float) -> None:
         route = scope.route or "-"
