@@ -20,6 +20,7 @@ upstream.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from typing import Any, Awaitable, Callable, Iterable, Optional
@@ -72,12 +73,16 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 MAX_CLIENTS = 1024
 UNLIMITED_BODY = 1 << 62
 # Pause reading from the upstream while this much is written but not yet sent.
-HIGH_WATER = 4 * 1024 * 1024
-LOW_WATER = 1 * 1024 * 1024
+HIGH_WATER = 2 * 1024 * 1024
+LOW_WATER = 512 * 1024
 UPLOAD_QUEUE_CHUNKS = 8
 
 CURL_TIMEOUT_CODES = frozenset({28})  # CURLE_OPERATION_TIMEDOUT
 CURL_CONNECT_CODES = frozenset({6, 7})  # CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT
+
+
+def _discard(chunk: bytes) -> None:
+    """Curl bodies are taken by our WRITEFUNCTION; this only makes Tornado stream, not buffer."""
 
 
 class UpstreamError(Exception):
@@ -204,8 +209,13 @@ class Exchange:
         self._body_done = Event()
         self._curl: Any = None
         self._curl_paused = False
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._drain_scheduled = False
         self._fetch_done = False
-        self._unflushed = 0
+        self._unflushed = 0  # written to the handler, not yet on the socket
+        self._written = 0
+        self._sent = 0
         self._client_gone = False
         self._write_error: Optional[BaseException] = None
 
@@ -264,7 +274,7 @@ class Exchange:
             headers=headers,
             body_producer=self._produce if self.has_body else None,
             header_callback=self._on_header_line if use_stream else None,
-            streaming_callback=self._on_chunk_stream if use_stream else self._on_chunk_curl,
+            streaming_callback=self._on_chunk_stream if use_stream else _discard,
             follow_redirects=False,
             decompress_response=False,
             allow_nonstandard_methods=True,
@@ -291,6 +301,7 @@ class Exchange:
         finally:
             self._fetch_done = True
             self._curl = None
+            self._drain()  # whatever libcurl delivered before it finished
         if response.code == 599:  # pragma: no cover - clients raise instead
             raise UpstreamError("reset", str(response.error))
         if not self.started:
@@ -313,9 +324,38 @@ class Exchange:
     # -- response, from the upstream to the client ---------------------------
 
     def _on_curl(self, curl: Any) -> None:
-        """Take over curl's header parsing: Tornado may deliver a small body before queued header lines."""
+        """Take over curl's header and body callbacks.
+
+        Tornado may deliver a small body before the queued header lines, and its
+        own pausing cannot be combined with ours; so libcurl's callbacks only
+        record here, and ``_drain`` writes to the client from the IOLoop.
+        """
         self._curl = curl
         curl.setopt(pycurl.HEADERFUNCTION, self._on_curl_header)
+        curl.setopt(pycurl.WRITEFUNCTION, self._on_curl_body)
+
+    def _on_curl_body(self, chunk: bytes) -> Optional[int]:
+        # Runs inside libcurl: queue, or pause the transfer while the client is behind.
+        if self._client_gone:
+            return 0  # abort the transfer: nobody is reading
+        if self._queued + self._unflushed > HIGH_WATER:
+            self._curl_paused = True
+            return pycurl.WRITEFUNC_PAUSE  # libcurl hands us this chunk again on resume
+        self._pending.append(chunk)
+        self._queued += len(chunk)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            ioloop.IOLoop.current().add_callback(self._drain)
+        return None
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        if self._pending and not self.started:
+            self._start_response(flush=False)
+        while self._pending:
+            chunk = self._pending.popleft()
+            self._queued -= len(chunk)
+            self._write(chunk)
 
     def _on_curl_header(self, raw: bytes) -> None:
         # Runs inside libcurl: only record, never call into the handler here.
@@ -344,7 +384,7 @@ class Exchange:
         except (IndexError, ValueError):
             return None
 
-    def _start_response(self) -> None:
+    def _start_response(self, flush: bool = True) -> None:
         """Copy the upstream's status and end-to-end headers to the client and send them."""
         self.started = True
         handler = self.handler
@@ -364,23 +404,8 @@ class Exchange:
             handler.add_header(name, value)
         if "X-Request-Id" not in self._response_headers:
             handler.set_header("X-Request-Id", handler.request_id)
-        self._write(b"")
-
-    def _on_chunk_curl(self, chunk: bytes) -> None:
-        if not self.started:
-            self._start_response()
-        self._write(chunk)
-        if self._unflushed > HIGH_WATER and self._curl is not None and not self._curl_paused:
-            # Pause after curl's own delivery loop returns, so it cannot undo it.
-            ioloop.IOLoop.current().add_callback(self._pause_curl)
-
-    def _pause_curl(self) -> None:
-        if self._curl is not None and not self._fetch_done and self._unflushed > HIGH_WATER and not self._curl_paused:
-            try:
-                self._curl.pause(pycurl.PAUSE_RECV)
-                self._curl_paused = True
-            except pycurl.error:
-                pass
+        if flush:  # otherwise the headers go out with the first body chunk, in one send
+            self._write(b"")
 
     def _resume_curl(self) -> None:
         if self._curl_paused and self._curl is not None and not self._fetch_done:
@@ -408,19 +433,22 @@ class Exchange:
                 return None
             handler.write(chunk)
             self.bytes_sent += len(chunk)
-        size = len(chunk)
-        self._unflushed += size
+        self._written += len(chunk)
+        self._unflushed = self._written - self._sent
         try:
             fut = handler.flush()
         except Exception as exc:  # the client went away
             self._client_gone = True
             self._write_error = exc
             return None
-        fut.add_done_callback(lambda f, size=size: self._flushed(f, size))
+        # Tornado resolves only the latest write's future (each write replaces the
+        # previous one), so each callback records everything written up to it.
+        fut.add_done_callback(lambda f, upto=self._written: self._flushed(f, upto))
         return fut
 
-    def _flushed(self, fut: Any, size: int) -> None:
-        self._unflushed -= size
+    def _flushed(self, fut: Any, upto: int) -> None:
+        self._sent = max(self._sent, upto)
+        self._unflushed = self._written - self._sent
         if fut.cancelled() or fut.exception() is not None:
             self._client_gone = True
             return

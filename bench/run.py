@@ -1,0 +1,963 @@
+#!/usr/bin/env python3
+"""Benchmark of the gateway against nginx proxy_pass, on this machine, in one run.
+
+    python bench/run.py [--duration 10] [--connections 50] [--quick] [--no-memory]
+
+What it does (see bench/README.md):
+
+1. checks that ``wrk``, ``nginx`` and ``taskset`` are installed;
+2. starts, on 127.0.0.1 and free ports, a static nginx upstream (CPU 1), nginx
+   ``proxy_pass`` in front of it (one worker, upstream keepalive, CPU 0) and one
+   gateway process (CPU 0) with a public route, an HS256 and an RS256 bearer route;
+3. runs ``wrk`` (CPU 1) against the upstream, nginx and the three gateway routes,
+   prints requests/s, p50, p99 and the ratio to nginx, checks the targets and
+   writes bench/results/latest.json;
+4. streams a 1 GiB upload and a 1 GiB download through a fresh gateway process
+   and samples its RSS (VmRSS / VmHWM) every 50 ms;
+5. stops every process it started, by PID, and removes its temporary directory.
+
+Only the standard library, PyJWT and cryptography are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+RESULTS_DIR = os.path.join(HERE, "results")
+
+GATEWAY_CPU = "0"   # nginx proxy_pass and the gateway
+CLIENT_CPU = "1"    # wrk, the upstreams and the memory-test client
+
+TARGETS = {  # ratio of the gateway's requests/s to nginx proxy_pass, in the same run
+    "public": 0.08,
+    "rs256": 0.07,
+}
+P99_LIMIT_MS = 20.0
+RSS_LIMIT_BYTES = 100 * 1000 * 1000  # 100 MB
+SLOW_SIZE = 100 * 1000 * 1000  # the slow-client download: 100 MB ...
+SLOW_RATE = 50 * 1000 * 1000  # ... read at 50 MB/s
+
+HS_SECRET = "bench-hs256-secret-0123456789abcdef0123456789abcdef"  # 52 bytes
+SESSION_SECRET = "bench-session-secret-0123456789abcdef0123456789"
+HS_ISSUER = "bench-hs"
+RS_ISSUER = "https://bench-rs.invalid"
+RS_AUDIENCE = "bench-api"
+
+# --------------------------------------------------------------------------- utilities
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float, proc: Optional[subprocess.Popen] = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def http_get(url: str, headers: Optional[Dict[str, str]] = None, timeout: float = 5.0):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def tail(path: str, n: int = 40) -> str:
+    try:
+        with open(path, "r", errors="replace") as fh:
+            return "".join(fh.readlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+class Processes:
+    """Every process the benchmark starts; stopped by PID in ``stop_all``."""
+
+    def __init__(self) -> None:
+        self.procs: List[subprocess.Popen] = []
+
+    def start(self, argv: List[str], **kw) -> subprocess.Popen:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("start_new_session", True)  # Ctrl-C reaches only us; we stop them
+        proc = subprocess.Popen(argv, **kw)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _children(pid: int) -> List[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                return [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            return []
+
+    def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
+        if proc.poll() is None:
+            children = self._children(proc.pid)  # e.g. nginx workers
+            try:
+                proc.terminate()
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            for child in children:  # only if the master died without reaping them
+                try:
+                    os.kill(child, 0)
+                except OSError:
+                    continue
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except OSError:
+                    pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
+
+
+# --------------------------------------------------------------------------- prerequisites
+
+
+def check_tools(wait: float) -> None:
+    """wrk and nginx may still be installing (background apt-get); wait a bounded time."""
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        missing = [t for t in ("wrk", "nginx", "taskset") if shutil.which(t) is None]
+        if not missing:
+            return
+        apt_done = False
+        try:
+            with open("/tmp/apt.log", errors="replace") as fh:
+                apt_done = "done" in fh.read()
+        except OSError:
+            apt_done = True  # no install in progress
+        if apt_done or time.monotonic() > deadline:
+            print(
+                f"missing: {', '.join(missing)}\n"
+                "install them with:\n    apt-get install -y wrk nginx-light util-linux",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        if not announced:
+            log(f"waiting for {', '.join(missing)} (apt-get still running, see /tmp/apt.log)")
+            announced = True
+        time.sleep(5)
+
+
+# --------------------------------------------------------------------------- servers
+
+NGINX_COMMON = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{body}
+}}
+"""
+
+UPSTREAM_BODY = """\
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        default_type text/plain;
+        location / {{ return 200 "ok\\n"; }}
+    }}"""
+
+PROXY_BODY = """\
+    upstream backend {{
+        server 127.0.0.1:{uport};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+def start_nginx(procs: Processes, tmp: str, name: str, body: str, port: int, cpu: str) -> subprocess.Popen:
+    prefix = os.path.join(tmp, name)
+    os.makedirs(prefix, exist_ok=True)
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as fh:
+        fh.write(NGINX_COMMON.format(prefix=prefix, body=body))
+    test = subprocess.run(
+        ["nginx", "-t", "-q", "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c", conf],
+        capture_output=True, text=True, timeout=20,
+    )
+    if test.returncode != 0:
+        raise RuntimeError(f"nginx {name}: config test failed:\n{test.stderr}{tail(os.path.join(prefix, 'error.log'))}")
+    proc = procs.start(
+        ["taskset", "-c", cpu, "nginx", "-p", prefix, "-e", os.path.join(prefix, "error.log"), "-c", conf],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(prefix, "stderr.log"), "w"),
+    )
+    if not wait_port(port, 15, proc):
+        raise RuntimeError(f"nginx {name} did not start:\n{tail(os.path.join(prefix, 'error.log'))}{tail(os.path.join(prefix, 'stderr.log'))}")
+    return proc
+
+
+MEM_UPSTREAM = r'''
+"""Memory-test upstream: discards uploads, streams zeros for downloads."""
+import asyncio, json, sys
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+CHUNK = b"\0" * 65536
+
+@tornado.web.stream_request_body
+class Upload(tornado.web.RequestHandler):
+    def prepare(self):
+        self.received = 0
+    def data_received(self, chunk):
+        self.received += len(chunk)
+    def post(self):
+        self.write(json.dumps({"received": self.received}))
+    put = post
+
+class Download(tornado.web.RequestHandler):
+    async def get(self):
+        n = int(self.get_argument("bytes"))
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(n))
+        while n > 0:
+            piece = CHUNK if n >= len(CHUNK) else CHUNK[:n]
+            self.write(piece)
+            n -= len(piece)
+            await self.flush()
+
+async def main():
+    app = tornado.web.Application([(r".*/upload", Upload), (r".*/download", Download)])
+    server = HTTPServer(app, max_body_size=1 << 62, body_timeout=600, idle_connection_timeout=600)
+    server.listen(int(sys.argv[1]), address="127.0.0.1")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+'''
+
+
+def start_mem_upstream(procs: Processes, tmp: str, port: int) -> subprocess.Popen:
+    script = os.path.join(tmp, "mem_upstream.py")
+    with open(script, "w") as fh:
+        fh.write(MEM_UPSTREAM)
+    logf = os.path.join(tmp, "mem_upstream.log")
+    proc = procs.start(
+        ["taskset", "-c", CLIENT_CPU, sys.executable, script, str(port)],
+        stdout=subprocess.DEVNULL, stderr=open(logf, "w"),
+    )
+    if not wait_port(port, 15, proc):
+        raise RuntimeError(f"memory-test upstream did not start:\n{tail(logf)}")
+    return proc
+
+
+def write_keys(tmp: str):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    return private_pem, public_pem
+
+
+def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str) -> str:
+    pem = "\n".join("      " + line for line in public_pem.strip().splitlines())
+    text = f"""\
+# Written by bench/run.py; removed with its temporary directory.
+server:
+  listen: 127.0.0.1:{gw_port}
+  public_url: http://127.0.0.1:{gw_port}
+  admin_listen: "off"
+
+session:
+  secret: {SESSION_SECRET}
+
+tokens:
+  - issuer: {HS_ISSUER}
+    secret: {HS_SECRET}
+    algorithms: [HS256]
+    audience: any
+  - issuer: {RS_ISSUER}
+    audience: {RS_AUDIENCE}
+    algorithms: [RS256]
+    public_key: |
+{pem}
+
+routes:
+  - name: public
+    path: /public
+    upstream: http://127.0.0.1:{upstream_port}
+    auth: public
+  - name: hs
+    path: /hs
+    upstream: http://127.0.0.1:{upstream_port}
+    auth: token
+  - name: rs
+    path: /rs
+    upstream: http://127.0.0.1:{upstream_port}
+    auth: token
+  - name: mem
+    path: /mem
+    upstream: http://127.0.0.1:{mem_port}
+    auth: public
+    timeout: 10m
+"""
+    path = os.path.join(tmp, "routes.yaml")
+    with open(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def check_gateway_config(routes: str) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "-c", routes],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"`gateway check` failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
+
+
+def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str):
+    logf = os.path.join(tmp, f"gateway-{tag}.log")
+    proc = procs.start(
+        ["taskset", "-c", GATEWAY_CPU, sys.executable, "-m", "gateway", "serve", "-c", routes,
+         "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(logf, "w"),
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with status {proc.returncode} at start:\n{tail(logf)}")
+        with open(logf, errors="replace") as fh:
+            if "listening" in fh.read():
+                return proc, logf
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not log 'listening' within 30 s:\n{tail(logf)}")
+
+
+def mint_tokens(private_pem: bytes) -> Dict[str, str]:
+    import jwt
+
+    now = int(time.time())
+    base = {"sub": "bench-user", "email": "bench@example.com", "iat": now, "nbf": now - 5, "exp": now + 3600}
+    hs = jwt.encode({**base, "iss": HS_ISSUER, "aud": "bench"}, HS_SECRET, algorithm="HS256")
+    rs = jwt.encode({**base, "iss": RS_ISSUER, "aud": RS_AUDIENCE}, private_pem, algorithm="RS256",
+                    headers={"kid": "bench"})
+    return {"hs": hs, "rs": rs}
+
+
+# --------------------------------------------------------------------------- wrk
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def parse_duration_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"unparseable wrk latency {text!r}")
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def parse_wrk(out: str) -> Dict[str, object]:
+    res: Dict[str, object] = {}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m:
+        raise ValueError("no Requests/sec line in wrk output:\n" + out)
+    res["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50_ms"), ("75", "p75_ms"), ("90", "p90_ms"), ("99", "p99_ms")):
+        m = re.search(rf"^\s+{pct}(?:\.0+)?%\s+(\S+)", out, re.M)
+        res[key] = parse_duration_ms(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()))) if m else {}
+    return res
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_ticks() -> int:
+    """Busy clock ticks of all CPUs together (everything but idle and iowait), from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+
+
+def proc_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            rest = fh.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree_pids(pids: List[int]) -> List[int]:
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(Processes._children(pid))
+    return out
+
+
+def wait_idle(max_wait: float, threshold: float = 0.10) -> float:
+    """Wait (bounded) until the machine's busy CPU, with our servers idle, is below threshold cores.
+
+    Other work on this 2-CPU machine (a test suite, a build) distorts every figure; returns the
+    load seen last, in cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = cpu_busy_ticks(), time.monotonic()
+        time.sleep(0.5)
+        load = (cpu_busy_ticks() - b0) / CLK_TCK / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() > deadline:
+            return load
+        time.sleep(1.0)
+
+
+def run_wrk_once(url: str, duration: float, connections: int, token: Optional[str], ours: List[int],
+                 focus: Optional[List[int]] = None) -> Dict[str, object]:
+    """One wrk run; also measures how much CPU other processes of the machine used meanwhile."""
+    argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
+            "--latency", "--timeout", "5s"]
+    if token:
+        argv += ["-H", f"Authorization: Bearer {token}"]
+    argv.append(url)
+    pids = tree_pids(ours)
+    focus_pids = tree_pids(focus or [])
+    ours0 = sum(proc_ticks(p) for p in pids)
+    focus0 = sum(proc_ticks(p) for p in focus_pids)
+    busy0, t0 = cpu_busy_ticks(), time.monotonic()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        timer = threading.Timer(duration + 60, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # rusage of wrk itself
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.monotonic() - t0
+        busy = (cpu_busy_ticks() - busy0) / CLK_TCK
+        mine = (sum(proc_ticks(p) for p in pids) - ours0) / CLK_TCK + usage.ru_utime + usage.ru_stime
+        server = (sum(proc_ticks(p) for p in focus_pids) - focus0) / CLK_TCK
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed (exit {proc.returncode}): {stderr}{stdout}")
+    res = parse_wrk(stdout)
+    res["raw"] = stdout
+    res["cpu_ours_cores"] = mine / elapsed
+    res["cpu_other_cores"] = max(0.0, busy - mine) / elapsed
+    res["cpu_server_cores"] = server / elapsed if focus_pids else None
+    return res
+
+
+def run_wrk(url: str, duration: float, connections: int, token: Optional[str], warmup: float,
+            ours: List[int], repeat: int = 1, idle_wait: float = 0.0, focus: Optional[List[int]] = None) -> Dict[str, object]:
+    """Warm up, then ``repeat`` measurements; the one with the median requests/s is reported."""
+    if warmup > 0:
+        run_wrk_once(url, warmup, connections, token, ours, focus)
+    runs = []
+    for _ in range(max(1, repeat)):
+        if idle_wait > 0:
+            wait_idle(idle_wait)
+        runs.append(run_wrk_once(url, duration, connections, token, ours, focus))
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    res = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        res["runs"] = [{k: v for k, v in r.items() if k != "raw"} for r in runs]
+    return res
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def read_status(pid: int) -> Dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, val = line.split(":", 1)
+                    out[key] = int(val.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def reset_hwm(pid: int) -> bool:
+    """Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class RssSampler:
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = read_status(self.pid).get("VmRSS")
+            if rss:
+                self.peak = max(self.peak, rss)
+                self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def upload(port: int, size: int, deadline: float) -> Dict[str, object]:
+    block = (bytes(range(256)) * 1024)  # 256 KiB pattern
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t0 = time.monotonic()
+    conn.putrequest("POST", "/mem/upload")
+    conn.putheader("Content-Length", str(size))
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.endheaders()
+    sent = 0
+    view = memoryview(block)
+    try:
+        while sent < size:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"upload: only {sent} of {size} bytes sent before the deadline")
+            n = min(len(block), size - sent)
+            conn.send(view[:n])
+            sent += n
+        resp = conn.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        raise type(exc)(f"{exc} after {sent} of {size} bytes sent ({time.monotonic() - t0:.1f} s)") from None
+    body = resp.read()
+    elapsed = time.monotonic() - t0
+    conn.close()
+    received = None
+    try:
+        received = json.loads(body).get("received")
+    except (ValueError, AttributeError):
+        pass
+    ok = resp.status == 200 and received == size
+    return {"status": resp.status, "bytes": sent, "upstream_received": received, "seconds": elapsed,
+            "mb_per_s": sent / 1e6 / elapsed, "ok": ok,
+            "error": None if ok else f"status {resp.status}, body {body[:200]!r}"}
+
+
+def download(port: int, size: int, deadline: float, rate: Optional[float] = None) -> Dict[str, object]:
+    """GET ``size`` bytes and discard them; ``rate`` (bytes/s) makes a slow client, which
+    exercises the gateway's back-pressure (pausing the upstream while the client lags)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    t0 = time.monotonic()
+    conn.request("GET", f"/mem/download?bytes={size}")
+    resp = conn.getresponse()
+    buf = bytearray(64 * 1024 if rate else 256 * 1024)
+    got = 0
+    while True:
+        if rate:
+            ahead = got / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"download: only {got} of {size} bytes read before the deadline")
+        try:
+            n = resp.readinto(buf)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise type(exc)(f"{exc} after {got} of {size} bytes (status {resp.status}, "
+                            f"{time.monotonic() - t0:.1f} s)") from None
+        if not n:
+            break
+        got += n
+    elapsed = time.monotonic() - t0
+    conn.close()
+    ok = resp.status == 200 and got == size
+    return {"status": resp.status, "bytes": got, "seconds": elapsed, "mb_per_s": got / 1e6 / elapsed, "ok": ok,
+            "error": None if ok else f"status {resp.status}, {got} of {size} bytes"}
+
+
+def memory_test(procs: Processes, tmp: str, routes: str, size: int, timeout: float) -> Dict[str, object]:
+    gw_port = free_port()
+    gw, logf = start_gateway(procs, tmp, routes, gw_port, "memory")
+    result: Dict[str, object] = {"size_bytes": size, "limit_bytes": RSS_LIMIT_BYTES}
+    try:
+        status, _ = http_get(f"http://127.0.0.1:{gw_port}/mem/download?bytes=10")
+        if status != 200:
+            log(f"WARNING: probe GET /mem/download?bytes=10 through the gateway answered {status}; measuring anyway")
+            result["probe_status"] = status
+        result["rss_at_start_bytes"] = read_status(gw.pid).get("VmRSS")
+        slow_size = min(size, SLOW_SIZE)
+        directions = (
+            ("upload", upload, size),
+            ("download", download, size),
+            ("slow download", lambda p, n, d: download(p, n, d, rate=SLOW_RATE), slow_size),
+        )
+        for name, fn, nbytes in directions:
+            hwm_reset = reset_hwm(gw.pid)
+            log(f"memory: {name} of {nbytes / 2**20:.0f} MiB through the gateway")
+            with RssSampler(gw.pid) as sampler:
+                try:
+                    res = fn(gw_port, nbytes, time.monotonic() + timeout)
+                except Exception as exc:  # noqa: BLE001 - reported, not raised
+                    res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            status = read_status(gw.pid)
+            res["size_bytes"] = nbytes
+            res["peak_rss_sampled_bytes"] = sampler.peak
+            res["rss_samples"] = sampler.samples
+            res["vmhwm_bytes"] = status.get("VmHWM") if hwm_reset else None
+            res["rss_after_bytes"] = status.get("VmRSS")
+            res["peak_rss_bytes"] = max(sampler.peak, res["vmhwm_bytes"] or 0)
+            res["pass"] = bool(res.get("ok")) and res["peak_rss_bytes"] < RSS_LIMIT_BYTES
+            if gw.poll() is not None:
+                res["error"] = (res.get("error") or "") + f"; gateway exited with {gw.returncode}"
+                res["pass"] = False
+            result[name] = res
+        result["vmhwm_lifetime_bytes"] = read_status(gw.pid).get("VmHWM")
+        result["gateway_log_tail"] = tail(logf, 20)
+    finally:
+        procs.stop(gw)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_ms(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def mb(v: Optional[int]) -> str:
+    return "-" if v is None else f"{v / 1e6:.1f} MB"
+
+
+def print_table(rows: List[Dict[str, object]], nginx_rps: Optional[float]) -> None:
+    print()
+    print(f"{'target':<26} {'req/s':>10} {'x nginx':>8} {'p50':>10} {'p99':>10} {'server CPU':>10}  notes")
+    print("-" * 90)
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:<26} {'-':>10} {'-':>8} {'-':>10} {'-':>10} {'-':>10}  ERROR: {r['error'].splitlines()[0]}")
+            continue
+        ratio = f"{r['rps'] / nginx_rps:.3f}" if nginx_rps else "-"
+        cpu = "-" if r.get("cpu_server_cores") is None else f"{r['cpu_server_cores'] * 100:.0f}%"
+        notes = []
+        if r.get("non_2xx"):
+            notes.append(f"{r['non_2xx']} non-2xx")
+        if r.get("cpu_other_cores", 0) > 0.05:
+            notes.append(f"other load {r['cpu_other_cores']:.2f} cores")
+        errs = {k: v for k, v in (r.get("socket_errors") or {}).items() if v}
+        if errs:
+            notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errs.items()))
+        print(f"{r['name']:<26} {r['rps']:>10.0f} {ratio:>8} {fmt_ms(r['p50_ms']):>10} {fmt_ms(r['p99_ms']):>10} {cpu:>10}  {'; '.join(notes)}")
+    print()
+
+
+def check_targets(rows: Dict[str, Dict[str, object]], nginx_rps: Optional[float], connections: int) -> List[Dict[str, object]]:
+    checks = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        checks.append({"target": name, "pass": ok, "detail": detail})
+
+    for key, label in (("rs", "rs256"), ("public", "public")):
+        want = TARGETS[label]
+        r = rows.get(key)
+        if not r or "error" in r or not nginx_rps:
+            add(f"gateway {label} >= {want}x nginx", False, "not measured")
+            continue
+        ratio = r["rps"] / nginx_rps
+        clean = not r.get("non_2xx")
+        add(f"gateway {label} >= {want}x nginx", ratio >= want and clean,
+            f"{ratio:.3f}x ({r['rps']:.0f} / {nginx_rps:.0f} req/s)" + ("" if clean else f", {r['non_2xx']} non-2xx"))
+    for key in ("public", "hs", "rs"):
+        r = rows.get(key)
+        name = f"gateway {key} p99 < {P99_LIMIT_MS:.0f} ms at {connections} connections"
+        if not r or "error" in r or r.get("p99_ms") is None:
+            add(name, False, "not measured")
+        else:
+            add(name, r["p99_ms"] < P99_LIMIT_MS and not r.get("non_2xx"), fmt_ms(r["p99_ms"]))
+    return checks
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk measurement (default 10)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each measurement (default 2)")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    ap.add_argument("--quick", action="store_true", help="5 s measurements (warm-up 1 s)")
+    mem = ap.add_mutually_exclusive_group()
+    mem.add_argument("--memory", dest="memory", action="store_true", default=True, help="run the memory test (default)")
+    mem.add_argument("--no-memory", dest="memory", action="store_false", help="skip the 1 GiB upload/download test")
+    ap.add_argument("--memory-size", default="1GiB", help="bytes per direction for the memory test (default 1GiB; K/M/G/KiB/MiB/GiB)")
+    ap.add_argument("--memory-timeout", type=float, default=300.0, help="seconds allowed per direction (default 300)")
+    ap.add_argument("--repeat", type=int, default=1, help="measurements per target; the median by req/s is reported (default 1)")
+    ap.add_argument("--idle-wait", type=float, default=60.0,
+                    help="before each measurement wait up to this many seconds for other processes to leave the CPUs idle (default 60; 0: don't)")
+    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,memory (no target checks except memory)")
+    ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
+    ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.duration = 5.0
+        args.warmup = min(args.warmup, 1.0)
+    size = parse_size(args.memory_size)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+
+    check_tools(args.tool_wait)
+    if (os.cpu_count() or 1) < 2:
+        log("WARNING: fewer than 2 CPUs; the CPU pinning below will fail")
+
+    procs = Processes()
+    tmp = tempfile.mkdtemp(prefix="gateway-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as an unprivileged user when started as root
+    results: Dict[str, object] = {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_model": cpu_model(), "nginx": tool_version(["nginx", "-v"]), "wrk": tool_version(["wrk", "--version"])},
+        "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
+                     "repeat": args.repeat, "idle_wait_s": args.idle_wait,
+                     "wrk_threads": 1, "gateway_cpu": GATEWAY_CPU, "client_cpu": CLIENT_CPU},
+    }
+    rows: Dict[str, Dict[str, object]] = {}
+    exit_code = 0
+    try:
+        upstream_port, proxy_port, mem_port, gw_port = free_port(), free_port(), free_port(), free_port()
+        log(f"temp dir {tmp}")
+        servers: Dict[str, subprocess.Popen] = {}
+        servers["upstream"] = start_nginx(procs, tmp, "upstream", UPSTREAM_BODY.format(port=upstream_port), upstream_port, CLIENT_CPU)
+        servers["nginx"] = start_nginx(procs, tmp, "proxy", PROXY_BODY.format(port=proxy_port, uport=upstream_port), proxy_port, GATEWAY_CPU)
+        log(f"nginx upstream on :{upstream_port} (CPU {CLIENT_CPU}), nginx proxy_pass on :{proxy_port} (CPU {GATEWAY_CPU})")
+
+        private_pem, public_pem = write_keys(tmp)
+        routes = write_routes(tmp, gw_port, upstream_port, mem_port, public_pem)
+        tokens = mint_tokens(private_pem)
+
+        targets = [
+            ("upstream", "upstream (nginx, direct)", f"http://127.0.0.1:{upstream_port}/", None),
+            ("nginx", "nginx proxy_pass", f"http://127.0.0.1:{proxy_port}/", None),
+            ("public", "gateway /public", f"http://127.0.0.1:{gw_port}/public", None),
+            ("hs", "gateway /hs (HS256)", f"http://127.0.0.1:{gw_port}/hs", tokens["hs"]),
+            ("rs", "gateway /rs (RS256)", f"http://127.0.0.1:{gw_port}/rs", tokens["rs"]),
+        ]
+        if only:
+            targets = [t for t in targets if t[0] in only]
+        gateway = None
+        gw_log = None
+        gw_hwm = None
+        if any(key in ("public", "hs", "rs") for key, *_ in targets):
+            try:
+                check_gateway_config(routes)
+                gateway, gw_log = start_gateway(procs, tmp, routes, gw_port, "bench")
+                log(f"gateway on :{gw_port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
+                servers.update(public=gateway, hs=gateway, rs=gateway)
+            except Exception as exc:  # noqa: BLE001 - reported per row
+                log(f"gateway not available: {exc}")
+                results["gateway_error"] = str(exc)
+                for key, *_ in targets:
+                    if key in ("public", "hs", "rs"):
+                        rows[key] = {"name": dict((t[0], t[1]) for t in targets)[key], "error": str(exc)}
+                targets = [t for t in targets if t[0] not in ("public", "hs", "rs")]
+                exit_code = 1
+
+        for key, name, url, token in targets:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            try:
+                status, body = http_get(url, headers)
+                if status != 200:
+                    raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
+                                       + (f"\ngateway log:\n{tail(gw_log)}" if gw_log and key in ("public", "hs", "rs") else ""))
+                log(f"wrk {name}: {args.duration:.0f} s, {args.connections} connections")
+                ours = [p.pid for p in procs.procs if p.poll() is None]
+                r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours,
+                            repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid])
+                if r["cpu_other_cores"] > 0.10:
+                    log(f"WARNING: other processes used {r['cpu_other_cores']:.2f} cores during this measurement")
+                if gateway is not None and key in ("public", "hs", "rs") and gateway.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{tail(gw_log)}")
+                r["name"] = name
+                rows[key] = r
+            except Exception as exc:  # noqa: BLE001 - reported per row
+                log(f"{name}: {exc}")
+                rows[key] = {"name": name, "error": str(exc)}
+                exit_code = 1
+        if gateway is not None:
+            gw_hwm = read_status(gateway.pid).get("VmHWM")
+            results["gateway_vmhwm_after_wrk_bytes"] = gw_hwm
+            results["gateway_log_tail"] = tail(gw_log, 20)
+            procs.stop(gateway)
+
+        nginx_rps = rows.get("nginx", {}).get("rps")
+        order = ["upstream", "nginx", "public", "hs", "rs"]
+        table = [rows[k] for k in order if k in rows]
+        for r in table:
+            if nginx_rps and "rps" in r:
+                r["ratio_to_nginx"] = r["rps"] / nginx_rps
+                r["p50_ratio_to_nginx"] = (r["p50_ms"] / rows["nginx"]["p50_ms"]) if r.get("p50_ms") and rows["nginx"].get("p50_ms") else None
+                r["p99_ratio_to_nginx"] = (r["p99_ms"] / rows["nginx"]["p99_ms"]) if r.get("p99_ms") and rows["nginx"].get("p99_ms") else None
+        if table:
+            print_table(table, nginx_rps)
+        if gw_hwm:
+            print(f"gateway peak RSS (VmHWM) during the wrk runs: {mb(gw_hwm)}")
+        results["throughput"] = {k: {kk: vv for kk, vv in rows[k].items() if kk != "raw"} for k in order if k in rows}
+        results["wrk_output"] = {k: rows[k].get("raw") for k in order if k in rows}
+
+        checks = check_targets(rows, nginx_rps, args.connections) if not only else []
+
+        if args.memory and (not only or "memory" in only):
+            try:
+                mem_proc = start_mem_upstream(procs, tmp, mem_port)
+                try:
+                    memres = memory_test(procs, tmp, routes, size, args.memory_timeout)
+                finally:
+                    procs.stop(mem_proc)
+                results["memory"] = memres
+                print(f"memory test, {size / 2**30:.2f} GiB each way through the gateway's public route "
+                      f"(slow download: {min(size, SLOW_SIZE) / 1e6:.0f} MB read at {SLOW_RATE / 1e6:.0f} MB/s):")
+                for name in ("upload", "download", "slow download"):
+                    r = memres[name]
+                    if r.get("ok"):
+                        print(f"  {name:<13}  peak RSS {mb(r['peak_rss_bytes'])} (sampled {mb(r['peak_rss_sampled_bytes'])}, "
+                              f"VmHWM {mb(r['vmhwm_bytes'])}), {r['mb_per_s']:.0f} MB/s, {r['seconds']:.1f} s")
+                    else:
+                        print(f"  {name:<13}  FAILED: {r.get('error')}; peak RSS {mb(r.get('peak_rss_bytes'))}")
+                    what = f"{size / 2**30:.2f} GiB {name}" if name != "slow download" else f"{r.get('size_bytes', 0) / 1e6:.0f} MB download to a slow client"
+                    checks.append({"target": f"gateway RSS < {RSS_LIMIT_BYTES / 1e6:.0f} MB and transfer complete: {what}",
+                                   "pass": r["pass"], "detail": f"peak {mb(r.get('peak_rss_bytes'))}" + ("" if r.get("ok") else f"; {r.get('error')}")})
+                print()
+            except Exception as exc:  # noqa: BLE001
+                log(f"memory test failed: {exc}")
+                results["memory"] = {"error": str(exc)}
+                checks.append({"target": f"gateway RSS < {RSS_LIMIT_BYTES / 1e6:.0f} MB", "pass": False, "detail": str(exc).splitlines()[0]})
+
+        if checks:
+            if args.connections != 50:
+                print(f"note: the targets are defined at 50 connections; this run used {args.connections}")
+            for c in checks:
+                print(f"{'PASS' if c['pass'] else 'FAIL'}  {c['target']}: {c['detail']}")
+            if not all(c["pass"] for c in checks):
+                exit_code = 1
+        results["checks"] = checks
+    except KeyboardInterrupt:
+        log("interrupted")
+        exit_code = 130
+    except Exception as exc:  # noqa: BLE001
+        log(f"error: {exc}")
+        results["error"] = str(exc)
+        exit_code = 1
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as fh:
+        json.dump(results, fh, indent=2)
+    log(f"results written to {os.path.relpath(args.output)}")
+    return exit_code
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.I)
+    if not m:
+        raise SystemExit(f"--memory-size: cannot parse {text!r}")
+    num, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    base = 1024 if binary else 1000
+    return int(num * base ** " KMGT".index(unit or " "))
+
+
+def cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def tool_version(argv: List[str]) -> Optional[str]:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (p.stderr + p.stdout).strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
