@@ -124,8 +124,9 @@ class Gateway:
             socket.close(1008, "session ended")
 
     def close_websockets(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
+        """Close both legs of every relayed WebSocket (going away, 1001, on shutdown)."""
         for socket in list(self.websockets):
-            socket.close(code, reason)
+            socket.close_both(code, reason)
 
     async def close(self) -> None:
         await self.runtime.close()

@@ -254,7 +254,7 @@ class Server:
         log.info("shutting down: waiting up to %.0fs for in-flight requests", grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while self.gateway.metrics.in_flight._value.get() > 0 and loop.time() < deadline:
+        while (self.gateway.metrics.in_flight._value.get() > 0 or self.gateway.websockets) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         await self.gateway.close()
         log.info("gateway stopped")

@@ -35,10 +35,11 @@ def resolve(
     """Walk X-Forwarded-For from the right while the hop is a trusted proxy."""
     if not trusted or not _is_trusted(remote_ip, tuple(trusted)):
         return Forwarded(remote_ip, scheme, host, remote_ip)
-    hops = [h.strip() for h in xff.split(",")] if xff else []
-    hops = [h for h in hops if _valid_ip(h)]
+    hops = [h.strip() for h in xff.split(",") if h.strip()] if xff else []
     client = remote_ip
     for hop in reversed(hops):
+        if not _valid_ip(hop):
+            break  # cannot tell who wrote anything left of an unparsable hop: stop here
         client = hop
         if not _is_trusted(hop, tuple(trusted)):
             break
@@ -52,7 +53,7 @@ def resolve(
         candidate = xf_host.split(",")[0].strip()
         if candidate and _valid_host(candidate):
             fwd_host = candidate
-    chain = ", ".join(hops + [remote_ip])
+    chain = ", ".join([h for h in hops if _valid_ip(h)] + [remote_ip])
     return Forwarded(client, proto, fwd_host, chain)
 
 
@@ -74,4 +75,4 @@ def _valid_ip(value: str) -> bool:
 
 
 def _valid_host(value: str) -> bool:
-    return len(value) <= 255 and all(c.isalnum() or c in "-.:[]_" for c in value)
+    return len(value) <= 255 and value.isascii() and all(c.isalnum() or c in "-.:[]_" for c in value)

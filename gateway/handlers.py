@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from tornado import web
+from tornado import httputil, web
 
 from . import forwarded
 from .authn import is_browser
@@ -24,7 +24,7 @@ from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, upstream_request_headers
+from .proxy import Exchange, UpstreamError, upstream_header_list
 from .routing import BadPath, Match, normalize_path
 from .telemetry import RequestScope, request_id
 
@@ -170,13 +170,21 @@ class GatewayHandler(web.RequestHandler):
         return match
 
     def upstream_headers(self) -> Any:
-        headers = upstream_request_headers(self.request.headers, extra=self._extra_headers())
+        headers = httputil.HTTPHeaders()
+        for name, value in self.upstream_header_list():
+            headers.add(name, value)
+        return headers
+
+    def upstream_header_list(self) -> list[tuple[str, str]]:
+        """What the upstream receives: the client's end-to-end headers, then the gateway's own."""
+        headers = upstream_header_list(self.request.headers, self._extra_headers())
         login = self.runtime.login
-        if login is not None and "Cookie" in headers:
-            kept = login.upstream_cookie_header(headers.get_list("Cookie"))
-            del headers["Cookie"]
+        if login is not None and "Cookie" in self.request.headers:
+            cookies = [value for name, value in headers if name.lower() == "cookie"]
+            headers = [(name, value) for name, value in headers if name.lower() != "cookie"]
+            kept = login.upstream_cookie_header(cookies)
             if kept:
-                headers["Cookie"] = kept
+                headers.append(("Cookie", kept))
         return headers
 
     def _extra_headers(self) -> list[tuple[str, str]]:
@@ -244,7 +252,7 @@ class ProxyHandler(GatewayHandler):
             self, self.gateway.clients, self.runtime.balancers[route.name],
             method=req.method or "GET",
             path_and_query=match.upstream_path + ("?" + query if query else ""),
-            headers=self.upstream_headers(),
+            headers=self.upstream_header_list(),
             content_length=length if length else None,
             has_body=has_body,
             preserve_host=req.host if route.preserve_host else None,

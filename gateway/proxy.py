@@ -20,10 +20,12 @@ upstream.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
-from typing import Any, Awaitable, Callable, Iterable, Optional
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional
+from urllib.parse import urlsplit
 
 from tornado import httputil, ioloop
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -38,6 +40,8 @@ try:  # pycurl is part of the default install; without it nothing is reused
 except ImportError:  # pragma: no cover - exercised only on installs without pycurl
     pycurl = None
     CurlAsyncHTTPClient = None
+
+from .upstream_client import UpstreamClient, UpstreamProtocolError, format_chunk, format_head
 
 log = logging.getLogger("gateway.proxy")
 
@@ -68,6 +72,7 @@ IDENTITY_HEADERS = frozenset(
 )
 # Set by the gateway itself, so a client's copy is never passed on.
 GATEWAY_SET = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-real-ip", "forwarded"})
+SKIP_REQUEST = HOP_BY_HOP | IDENTITY_HEADERS | GATEWAY_SET | frozenset({"content-length", "expect"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 MAX_CLIENTS = 1024
@@ -112,14 +117,41 @@ class Clients:
         else:  # pragma: no cover
             self.fast = self.stream
 
+        self.native = UpstreamClient()
+        self._origins: dict[str, Origin] = {}
+
+    def origin(self, base: str) -> "Origin":
+        origin = self._origins.get(base)
+        if origin is None:
+            origin = self._origins[base] = Origin.parse(base)
+        return origin
+
     @property
     def keepalive(self) -> bool:
         return self.fast is not self.stream
 
     def close(self) -> None:
+        self.native.close()
         self.fast.close()
         if self.stream is not self.fast:
             self.stream.close()
+
+
+class Origin(NamedTuple):
+    """An upstream base URL, split once."""
+
+    plain: bool  # http:// (the native client) rather than https://
+    host: str
+    port: int
+    netloc: str
+    path: str  # a base path the route's paths are appended to, without trailing "/"
+
+    @classmethod
+    def parse(cls, base: str) -> "Origin":
+        parts = urlsplit(base)
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme == "http", host, port, parts.netloc, parts.path.rstrip("/"))
 
 
 class Balancer:
@@ -152,16 +184,21 @@ def upstream_request_headers(
     drop: frozenset = frozenset(),
 ) -> httputil.HTTPHeaders:
     """The client's headers minus hop-by-hop, identity and gateway-owned ones, plus ``extra``."""
-    skip = HOP_BY_HOP | IDENTITY_HEADERS | GATEWAY_SET | drop
-    named = connection_tokens(incoming)
     out = httputil.HTTPHeaders()
-    for name, value in incoming.get_all():
-        lower = name.lower()
-        if lower in skip or lower in named or lower == "content-length" or lower == "expect":
-            continue
+    for name, value in upstream_header_list(incoming, extra, drop):
         out.add(name, value)
-    for name, value in extra:
-        out.add(name, value)
+    return out
+
+
+def upstream_header_list(
+    incoming: httputil.HTTPHeaders, extra: Iterable[tuple[str, str]], drop: frozenset = frozenset()
+) -> list[tuple[str, str]]:
+    """Like ``upstream_request_headers`` but a plain list: the fast path builds no HTTPHeaders."""
+    skip = SKIP_REQUEST | drop
+    named = connection_tokens(incoming) if "Connection" in incoming else ()
+    out = [(name, value) for name, value in incoming.get_all()
+           if (lower := name.lower()) not in skip and lower not in named]
+    out.extend(extra)
     return out
 
 
@@ -182,7 +219,7 @@ class Exchange:
         *,
         method: str,
         path_and_query: str,
-        headers: httputil.HTTPHeaders,
+        headers: list,
         content_length: Optional[int],
         has_body: bool,
         preserve_host: Optional[str],
@@ -205,6 +242,10 @@ class Exchange:
         self.started = False  # response headers written to the client
         self._status_line: Optional[str] = None
         self._response_headers = httputil.HTTPHeaders()
+        self._conn: Any = None  # the native client's connection, while in use
+        self._native_paused = False
+        self._timed_out = False
+        self._head_flush_pending = False
         self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
         self._body_done = Event()
         self._curl: Any = None
@@ -260,9 +301,14 @@ class Exchange:
         raise last
 
     async def _fetch_once(self, base: str) -> None:
+        origin = self.clients.origin(base)
+        if origin.plain:
+            return await self._fetch_native(origin)
         self._status_line = None
         self._response_headers = httputil.HTTPHeaders()
-        headers = httputil.HTTPHeaders(self.headers)
+        headers = httputil.HTTPHeaders()
+        for name, value in self.headers:
+            headers.add(name, value)
         if self.preserve_host:
             headers["Host"] = self.preserve_host
         if self.content_length is not None:
@@ -312,6 +358,89 @@ class Exchange:
             self._start_response()
         if self._write_error is not None:
             raise self._write_error
+
+    # -- plain-http upstreams: the pooled keep-alive client ------------------------
+
+    async def _fetch_native(self, origin: "Origin") -> None:
+        headers = [("Host", self.preserve_host or origin.netloc)]
+        headers.extend(self.headers)
+        chunked = False
+        if self.has_body:
+            if self.content_length is not None:
+                headers.append(("Content-Length", str(self.content_length)))
+            else:
+                headers.append(("Transfer-Encoding", "chunked"))
+                chunked = True
+        head = format_head(self.method, origin.path + self.path_and_query, headers)
+        loop = asyncio.get_running_loop()
+        self._timed_out = False
+        timer = loop.call_later(self.timeout, self._on_native_timeout)
+        try:
+            await self.clients.native.fetch(
+                origin.host, origin.port, head, self.method, self._on_native_head, self._on_native_body,
+                connect_timeout=self.connect_timeout,
+                body=(lambda conn: self._send_body(conn, chunked)) if self.has_body else None,
+                retry_stale=not self.has_body and self.method in IDEMPOTENT,
+                on_connection=self._on_native_connection,
+            )
+        except UpstreamProtocolError as exc:
+            if self._timed_out:
+                raise UpstreamError("timeout", f"no complete answer within {self.timeout:g}s") from None
+            raise UpstreamError(exc.kind, exc.detail) from None
+        except (ConnectionError, OSError) as exc:
+            if self._timed_out:
+                raise UpstreamError("timeout", f"no complete answer within {self.timeout:g}s") from None
+            raise UpstreamError("reset", str(exc)) from None
+        finally:
+            timer.cancel()
+            self._conn = None
+        if self._timed_out:
+            raise UpstreamError("timeout", f"no complete answer within {self.timeout:g}s")
+        if self._write_error is not None:
+            raise self._write_error
+
+    def _on_native_connection(self, conn: Any) -> None:
+        self._conn = conn
+
+    def _on_native_timeout(self) -> None:
+        self._timed_out = True
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _send_body(self, conn: Any, chunked: bool) -> None:
+        assert self._body_queue is not None
+        while True:
+            chunk = await self._body_queue.get()
+            if chunk is None:
+                break
+            if conn.closed:
+                continue  # the upstream answered or left early; drain what the client sends
+            conn.write(format_chunk(chunk) if chunked else chunk)
+            await conn.drain()
+        if chunked and not conn.closed:
+            conn.write(b"0\r\n\r\n")
+
+    def _on_native_head(self, code: int, reason: str, headers: list) -> None:
+        self._start_response_from(code, reason, headers, flush=False)
+        self._head_flush_pending = True
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        """Headers not yet sent with a body chunk go out now (slow bodies, long polls)."""
+        if self._head_flush_pending and not self._client_gone:
+            self._head_flush_pending = False
+            self._write(b"")
+
+    def _on_native_body(self, chunk: bytes) -> None:
+        self._head_flush_pending = False
+        if self._client_gone:
+            if self._conn is not None:
+                self._conn.close()
+            return
+        self._write(chunk)
+        if self._unflushed > HIGH_WATER and self._conn is not None and not self._native_paused:
+            self._native_paused = True
+            self._conn.pause()
 
     def _classify_curl(self, exc: HTTPClientError) -> UpstreamError:
         errno = getattr(exc, "errno", None)
@@ -385,25 +514,34 @@ class Exchange:
             return None
 
     def _start_response(self, flush: bool = True) -> None:
-        """Copy the upstream's status and end-to-end headers to the client and send them."""
-        self.started = True
-        handler = self.handler
         parts = (self._status_line or "HTTP/1.1 502 Bad Gateway").split(" ", 2)
         code = int(parts[1])
-        reason = parts[2].strip() if len(parts) > 2 and parts[2].strip() else httputil.responses.get(code, "Unknown")
-        handler.set_status(code, reason)
-        for name in ("Content-Type", "Server", "Date"):
-            handler.clear_header(name)
-        named = connection_tokens(self._response_headers)
-        for name, value in self._response_headers.get_all():
+        reason = parts[2].strip() if len(parts) > 2 else ""
+        self._start_response_from(code, reason, list(self._response_headers.get_all()), flush)
+
+    def _start_response_from(self, code: int, reason: str, headers: list, flush: bool = True) -> None:
+        """Copy the upstream's status and end-to-end headers to the client (and send them)."""
+        self.started = True
+        handler = self.handler
+        handler.set_status(code, reason.strip() or httputil.responses.get(code, "Unknown"))
+        out = handler._headers = httputil.HTTPHeaders()  # nothing of Tornado's defaults
+        named: Any = ()
+        has_request_id = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "connection":
+                named = {t.strip().lower() for t in value.split(",")}
+        for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named:
                 continue
             if lower == "content-length" and code in (204, 304):
                 continue
-            handler.add_header(name, value)
-        if "X-Request-Id" not in self._response_headers:
-            handler.set_header("X-Request-Id", handler.request_id)
+            if lower == "x-request-id":
+                has_request_id = True
+            out.add(name, value)
+        if not has_request_id:
+            out["X-Request-Id"] = handler.request_id
         if flush:  # otherwise the headers go out with the first body chunk, in one send
             self._write(b"")
 
@@ -454,10 +592,15 @@ class Exchange:
             return
         if self._unflushed <= LOW_WATER:
             self._resume_curl()
+            if self._native_paused and self._conn is not None:
+                self._native_paused = False
+                self._conn.resume()
 
     def abort(self) -> None:
         """The client disconnected: stop feeding the upstream."""
         self._client_gone = True
+        if self._conn is not None:
+            self._conn.close()
         if self._body_queue is not None:
             try:
                 self._body_queue.put_nowait(None)

@@ -110,6 +110,12 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
         except websocket.WebSocketClosedError:
             self.close(1011, "upstream closed")
 
+    def close_both(self, code: int, reason: str) -> None:
+        if self.upstream is not None and not self._closing:
+            self._closing = True
+            self.upstream.close(code, reason)
+        self.close(code, reason)
+
     def on_ping(self, data: bytes) -> None:
         if self.upstream is not None and self.upstream.protocol is not None:
             try:
