@@ -8,6 +8,7 @@ so tokens, codes and cookies cannot reach it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -94,10 +95,24 @@ class Metrics:
 
 
 class AccessLog:
-    """One JSON object per line on ``stream`` (stdout by default)."""
+    """One JSON object per line on ``stream`` (stdout by default).
+
+    Lines are flushed at most ``FLUSH_DELAY`` seconds after they are written,
+    so a busy gateway makes one write system call per batch, not per request.
+    """
+
+    FLUSH_DELAY = 0.05
 
     def __init__(self, stream: Optional[IO[str]] = None):
         self.stream = stream or sys.stdout
+        self._flush_scheduled = False
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def write(self, scope: RequestScope, status: int, nbytes: int, duration: float) -> None:
         entry: dict[str, Any] = {
@@ -118,6 +133,11 @@ class AccessLog:
             entry["reason"] = scope.reason
         try:
             self.stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            self.stream.flush()
         except (OSError, ValueError):
-            pass  # a closed stdout must not break request handling
+            return  # a closed stdout must not break request handling
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_DELAY, self._flush)
+            except RuntimeError:  # no loop (tests writing directly): flush now
+                self._flush()
