@@ -14,7 +14,7 @@ import signal
 import socket
 import sys
 from dataclasses import replace
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from tornado import netutil
 from tornado.httpserver import HTTPServer
@@ -26,7 +26,6 @@ from .loader import load
 log = logging.getLogger("gateway")
 
 RELOAD_POLL_SECONDS = 2.0
-MAX_HEADER_BYTES = 64 * 1024
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -165,6 +164,24 @@ def url_of(sockets: list[socket.socket]) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
+class CappedHTTPServer(HTTPServer):
+    """An HTTPServer that answers 503 and closes when ``max_connections`` are already open."""
+
+    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
+        self.max_connections = max_connections
+        super().initialize(*args, **kwargs)
+
+    def handle_stream(self, stream: Any, address: tuple) -> None:
+        if self.max_connections and len(self._connections) >= self.max_connections:
+            log.warning("connection from %s refused: %d connections open (server.max_connections)",
+                        address[0] if address else "?", len(self._connections))
+            stream.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                         b"too many connections").add_done_callback(lambda _f: stream.close())
+            return
+        super().handle_stream(stream, address)
+
+
 class Server:
     """A running `gateway serve`: the two listeners, reload on SIGHUP or file change, drain on SIGTERM."""
 
@@ -184,9 +201,12 @@ class Server:
         self.stopping = asyncio.Event()
         self.gateway = gateway = Gateway(self.config, log_stream=sys.stdout)
         await gateway.start()
-        self.http_server = HTTPServer(
-            make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=MAX_HEADER_BYTES,
-            idle_connection_timeout=300, body_timeout=300,
+        server = self.config.server
+        # Tornado has one timer for "waiting for the next request head": the shorter of the two applies.
+        self.http_server = CappedHTTPServer(
+            make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=server.max_header_size,
+            idle_connection_timeout=min(server.idle_timeout, server.header_timeout), body_timeout=None,
+            max_connections=server.max_connections,
         )
         sockets = self.sockets or bind(self.config.server.listen)
         self.http_server.add_sockets(sockets)

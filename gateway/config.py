@@ -24,6 +24,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_SCOPES = ("openid", "email", "profile")
 DEFAULT_GROUPS_CLAIM = "groups"
 MIN_SECRET_BYTES = 32
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+DEFAULT_IDLE_TIMEOUT = 120.0
+DEFAULT_HEADER_TIMEOUT = 30.0
 
 AUTH_LOGIN = "login"
 AUTH_TOKEN = "token"
@@ -56,6 +59,10 @@ class ServerConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     workers: int = 1
     max_body_size: int = 0  # bytes; 0 = unlimited (routes may set their own)
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # request line + headers; larger is refused (431)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a keep-alive connection with no request is closed
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # a client must send its request head within this
+    max_connections: int = 0  # open client connections per process; 0 = no cap
 
 
 @dataclass(frozen=True)

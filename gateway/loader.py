@@ -87,6 +87,10 @@ SERVER_KEYS = (
     "shutdown_grace",
     "workers",
     "max_body_size",
+    "max_header_size",
+    "idle_timeout",
+    "header_timeout",
+    "max_connections",
 )
 SESSION_KEYS = ("secret", "previous_secrets", "cookie_name", "lifetime", "store")
 PROVIDER_KEYS = ("issuer", "client_id", "client_secret", "scopes", "groups_claim", "display_name")
@@ -761,6 +765,25 @@ class _Loader:
             size = self.get_size(node, "server: max_body_size")
             if size is not _BAD:
                 values["max_body_size"] = size
+        if (node := value("max_header_size")) is not None:
+            size = self.get_size(node, "server: max_header_size")
+            if size is not _BAD:
+                if size < 1024:
+                    self.error(node, "server: max_header_size must be at least 1KB")
+                else:
+                    values["max_header_size"] = size
+        for key in ("idle_timeout", "header_timeout"):
+            if (node := value(key)) is not None:
+                seconds = self.get_duration(node, f"server: {key}", positive=True)
+                if seconds is not _BAD:
+                    values[key] = seconds
+        if (node := value("max_connections")) is not None:
+            raw = self.get_number(node)
+            if raw is not _BAD:
+                if isinstance(raw, int) and raw >= 0:
+                    values["max_connections"] = raw
+                else:
+                    self.error(node, "server: max_connections must be a whole number (0 means no cap)")
         return ServerConfig(**values)
 
     def hostport(self, node: Node, label: str, *, off_ok: bool = False) -> Any:
