@@ -80,8 +80,8 @@ def cmd_check(path: str) -> int:
 
 def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> int:
     try:
-        config = load(path)
-        config = _override_listen(config, listen, admin_listen)
+        from_file = load(path)
+        config = _override_listen(from_file, listen, admin_listen)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -93,7 +93,7 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
         print(f"{path}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if config.server.workers <= 1:
-        return run(Server(config, path, sockets, admin_sockets).serve)
+        return run(Server(config, path, sockets, admin_sockets, file_config=from_file).serve)
     # Several workers: metrics go through prometheus-client's multiprocess files, merged on /metrics.
     import tempfile
 
@@ -109,7 +109,8 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
 
     try:
         return supervise(config.server.workers,
-                         lambda index: run(Server(config, path, sockets, admin_sockets, worker=index).serve),
+                         lambda index: run(Server(config, path, sockets, admin_sockets, worker=index,
+                                                  file_config=from_file).serve),
                          on_exit)
     finally:
         import shutil
@@ -186,8 +187,11 @@ class Server:
     """A running `gateway serve`: the two listeners, reload on SIGHUP or file change, drain on SIGTERM."""
 
     def __init__(self, config: Config, path: str, sockets: Optional[list[socket.socket]] = None,
-                 admin_sockets: Optional[list[socket.socket]] = None, worker: Optional[int] = None):
+                 admin_sockets: Optional[list[socket.socket]] = None, worker: Optional[int] = None,
+                 file_config: Optional[Config] = None):
         self.config = config
+        # What the file said (before --listen overrides), to tell a real change of address on reload.
+        self.file_server = (file_config or config).server
         self.path = path
         self.sockets = sockets
         self.admin_sockets = admin_sockets
@@ -243,9 +247,14 @@ class Server:
             gateway.metrics.reloads.labels("error").inc()
             log.error("config reload (%s) failed; keeping the running config: %s", why, exc)
             return
-        if config.server.listen != self.config.server.listen or config.server.admin_listen != self.config.server.admin_listen:
+        new_server = config.server
+        if (new_server.listen, new_server.admin_listen) != (self.file_server.listen, self.file_server.admin_listen):
             log.warning("listen addresses changed in %s: restart the gateway for them to take effect", self.path)
-            config = replace(config, server=replace(config.server, listen=self.config.server.listen, admin_listen=self.config.server.admin_listen))
+        if new_server.workers != self.file_server.workers:
+            log.warning("server.workers changed in %s: restart the gateway for it to take effect", self.path)
+        self.file_server = new_server
+        config = replace(config, server=replace(new_server, listen=self.config.server.listen,
+                                                admin_listen=self.config.server.admin_listen))
         runtime = Runtime(config, gateway.http)
         await runtime.start()
         old, gateway.runtime = gateway.runtime, runtime

@@ -210,7 +210,8 @@ class LoginManager:
             id=random_token(16), provider=client.name, sub=user.sub, email=user.email, groups=tuple(user.groups),
             preferred_username=user.preferred_username, claims=dict(user.claims), id_token=tokens.id_token,
             access_token=tokens.access_token, refresh_token=tokens.refresh_token,
-            access_expires_at=tokens.expires_at, created_at=now, expires_at=now + self.config.session.lifetime,
+            access_expires_at=tokens.expires_at, access_issued_at=now, created_at=now,
+            expires_at=now + self.config.session.lifetime,
         )
         try:
             await self._save(handler, session)
@@ -261,8 +262,12 @@ class LoginManager:
         )
 
     def _refresh_due(self, session: Session) -> bool:
-        return bool(session.refresh_token and session.access_expires_at
-                    and self.clock() >= session.access_expires_at - REFRESH_BEFORE)
+        """Due shortly before expiry: REFRESH_BEFORE, or the last fifth of a shorter-lived token."""
+        if not (session.refresh_token and session.access_expires_at):
+            return False
+        issued = session.access_issued_at or session.created_at
+        margin = min(REFRESH_BEFORE, max(0.0, (session.access_expires_at - issued) / 5))
+        return self.clock() >= session.access_expires_at - margin
 
     async def _refresh(self, handler: Any, session: Session, cookies: Mapping[str, str]) -> Optional[Session]:
         """Single flight per session: in this process by a shared future, across instances by the store's lock."""
@@ -286,14 +291,15 @@ class LoginManager:
         if not await self.store.lock(session.id, REFRESH_WAIT):
             # Another instance is refreshing this session: wait for it to store the result.
             deadline = time.monotonic() + REFRESH_WAIT
+            latest: Optional[Session] = session
             while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 latest = await self.store.load(cookies)
                 if latest is None:
                     return None
-                if not self._refresh_due(latest):
+                if latest.access_token != session.access_token or not self._refresh_due(latest):
                     return latest
-            return session  # serve the current one; the next request tries again
+            return latest  # the newest stored copy, never an older one over a newer
         try:
             client = self.clients.get(session.provider)
             if client is None:
@@ -317,6 +323,7 @@ class LoginManager:
             refreshed = dataclasses.replace(
                 session, access_token=tokens.access_token, id_token=id_token,
                 refresh_token=tokens.refresh_token or session.refresh_token, access_expires_at=tokens.expires_at,
+                access_issued_at=self.clock(),
             )
             try:
                 await self.store.save(refreshed, cookies)  # so other instances see it (Redis)

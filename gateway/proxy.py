@@ -86,6 +86,12 @@ CURL_TIMEOUT_CODES = frozenset({28})  # CURLE_OPERATION_TIMEDOUT
 CURL_CONNECT_CODES = frozenset({6, 7})  # CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT
 
 
+def _retrieve(fut: Any) -> None:
+    """Mark a flush future's outcome as seen; a client that left is noticed elsewhere."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _discard(chunk: bytes) -> None:
     """Curl bodies are taken by our WRITEFUNCTION; this only makes Tornado stream, not buffer."""
 
@@ -254,9 +260,8 @@ class Exchange:
         self._queued = 0
         self._drain_scheduled = False
         self._fetch_done = False
-        self._unflushed = 0  # written to the handler, not yet on the socket
-        self._written = 0
-        self._sent = 0
+        self._waiting_drain = False
+        self._curl_hold = False  # curl must stay paused until the client has drained
         self._client_gone = False
         self._write_error: Optional[BaseException] = None
 
@@ -438,9 +443,6 @@ class Exchange:
                 self._conn.close()
             return
         self._write(chunk)
-        if self._unflushed > HIGH_WATER and self._conn is not None and not self._native_paused:
-            self._native_paused = True
-            self._conn.pause()
 
     def _classify_curl(self, exc: HTTPClientError) -> UpstreamError:
         errno = getattr(exc, "errno", None)
@@ -467,7 +469,7 @@ class Exchange:
         # Runs inside libcurl: queue, or pause the transfer while the client is behind.
         if self._client_gone:
             return 0  # abort the transfer: nobody is reading
-        if self._queued + self._unflushed > HIGH_WATER:
+        if self._curl_hold or self._queued > HIGH_WATER:
             self._curl_paused = True
             return pycurl.WRITEFUNC_PAUSE  # libcurl hands us this chunk again on resume
         self._pending.append(chunk)
@@ -485,6 +487,8 @@ class Exchange:
             chunk = self._pending.popleft()
             self._queued -= len(chunk)
             self._write(chunk)
+        if self._curl_paused and not self._curl_hold:
+            self._resume_curl()  # paused only because our queue was full
 
     def _on_curl_header(self, raw: bytes) -> None:
         # Runs inside libcurl: only record, never call into the handler here.
@@ -557,44 +561,83 @@ class Exchange:
     def _on_chunk_stream(self, chunk: bytes) -> Optional[Awaitable[None]]:
         if not self.started:
             self._start_response()
-        fut = self._write(chunk)
+        self._write(chunk)
         if self._unflushed > HIGH_WATER:
-            return fut  # the simple client stops reading until the client has it
+            return self._drained()  # the simple client stops reading until the client has it all
         return None
 
-    def _write(self, chunk: bytes) -> Any:
-        if self._client_gone:
+    @property
+    def _unflushed(self) -> int:
+        """Bytes handed to the client connection and not yet on the socket."""
+        stream = self._stream()
+        try:
+            return len(stream._write_buffer) if stream is not None else 0
+        except (AttributeError, TypeError):  # pragma: no cover - a Tornado without it
+            return 0
+
+    def _stream(self) -> Any:
+        connection = getattr(self.handler.request, "connection", None)
+        return getattr(connection, "stream", None)
+
+    def _drained(self) -> Any:
+        """A future resolved once everything written so far is on the socket.
+
+        An empty IOStream write does exactly that (the future of a handler's
+        flush does not: Tornado resolves the latest one when the oldest write
+        completes).
+        """
+        stream = self._stream()
+        if stream is None or stream.closed():
             return None
+        try:
+            fut = stream.write(b"")
+        except Exception:
+            self._client_gone = True
+            return None
+        fut.add_done_callback(self._on_drained)
+        return fut
+
+    def _write(self, chunk: bytes) -> None:
+        if self._client_gone:
+            return
         handler = self.handler
         if chunk:
             if self.method == "HEAD":
-                return None
+                return
             handler.write(chunk)
             self.bytes_sent += len(chunk)
-        self._written += len(chunk)
-        self._unflushed = self._written - self._sent
         try:
             fut = handler.flush()
         except Exception as exc:  # the client went away
             self._client_gone = True
             self._write_error = exc
-            return None
-        # Tornado resolves only the latest write's future (each write replaces the
-        # previous one), so each callback records everything written up to it.
-        fut.add_done_callback(lambda f, upto=self._written: self._flushed(f, upto))
-        return fut
+            return
+        fut.add_done_callback(_retrieve)
+        if self._unflushed > HIGH_WATER and not self._waiting_drain:
+            self._pause_upstream()
 
-    def _flushed(self, fut: Any, upto: int) -> None:
-        self._sent = max(self._sent, upto)
-        self._unflushed = self._written - self._sent
+    def _pause_upstream(self) -> None:
+        """The client is behind: stop reading the upstream until its buffer is empty."""
+        if self._conn is not None and not self._native_paused:
+            self._native_paused = True
+            self._conn.pause()
+        if self._curl is not None:
+            self._curl_hold = True
+        self._waiting_drain = True
+        self._drained()
+
+    def _on_drained(self, fut: Any) -> None:
+        self._waiting_drain = False
         if fut.cancelled() or fut.exception() is not None:
             self._client_gone = True
+            if self._conn is not None:
+                self._conn.close()
             return
-        if self._unflushed <= LOW_WATER:
-            self._resume_curl()
-            if self._native_paused and self._conn is not None:
-                self._native_paused = False
-                self._conn.resume()
+        self._curl_hold = False
+        self._resume_curl()
+        if self._native_paused and self._conn is not None:
+            self._native_paused = False
+            self._conn.resume()
 
     def abort(self) -> None:
         """The client disconnected: stop feeding the upstream."""

@@ -108,6 +108,7 @@ class Session:
     access_token: Optional[str] = None
     refresh_token: Optional[str] = None
     access_expires_at: Optional[float] = None  # unix time
+    access_issued_at: Optional[float] = None  # when the current access token was obtained
     created_at: float = 0.0
     expires_at: float = 0.0  # session end (created_at + lifetime)
 
@@ -124,6 +125,7 @@ class Session:
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
             "access_expires_at": self.access_expires_at,
+            "access_issued_at": self.access_issued_at,
             "created_at": self.created_at,
             "expires_at": self.expires_at,
         }
@@ -154,6 +156,7 @@ class Session:
             access_token=_optional_str(d, "access_token"),
             refresh_token=_optional_str(d, "refresh_token"),
             access_expires_at=_optional_time(d, "access_expires_at"),
+            access_issued_at=_optional_time(d, "access_issued_at"),
             created_at=_time(d, "created_at", 0.0),
             expires_at=_time(d, "expires_at", 0.0),
         )
