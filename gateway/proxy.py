@@ -644,6 +644,8 @@ class Exchange:
         self._client_gone = True
         if self._conn is not None:
             self._conn.close()
+        self._curl_hold = False
+        self._resume_curl()  # a paused transfer resumes only to be aborted by _on_curl_body
         if self._body_queue is not None:
             try:
                 self._body_queue.put_nowait(None)

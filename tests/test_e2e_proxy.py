@@ -561,10 +561,12 @@ def test_slow_reader_gets_the_whole_get_download(big):
     assert (status, received) == (200, 48 * MB)
 
 
+@pytest.mark.parametrize("method, body", [("GET", None), ("POST", b"x")], ids=["keepalive-client", "upload-client"])
+def test_slow_reader_download_is_back_pressured_not_buffered(method, body):
+    """A client reading ~25 MB/s from a fast upstream: the gateway must hold at most its high-water mark.
 
-
-def test_slow_reader_download_is_back_pressured_not_buffered():
-    """A client reading ~25 MB/s from a fast upstream: the gateway must hold at most its high-water mark."""
+    Both upstream client paths: without a request body (keep-alive client) and with one.
+    """
     up = Upstream("slow-reader").start()
     gw = GatewayProcess(f"""
 server:
@@ -581,7 +583,8 @@ routes:
         baseline = rss_kb(gw.proc.pid)
         total = 160 * MB
         with RSSSampler(gw.proc.pid, 0.05) as sampler:
-            status, received = _download(gw.url, f"/stream?bytes={total}", slow_bytes=total)
+            status, received = _download(gw.url, f"/stream?bytes={total}", method=method, body=body,
+                                         slow_bytes=total)
         assert (status, received) == (200, total)
         growth_mb = (sampler.peak_kb - baseline) // 1024
         assert growth_mb < 32, f"RSS grew {growth_mb} MB above {baseline // 1024} MB while streaming to a slow reader"

@@ -18,10 +18,14 @@ LISTEN_RE = re.compile(r"gateway listening on (http://[^ ]+) \(admin: ([^,]+),")
 
 
 class GatewayProcess:
-    """``python -m gateway serve -c FILE --listen 127.0.0.1:0``; collects stdout (access log) and stderr."""
+    """``python -m gateway serve -c FILE --listen 127.0.0.1:0``; collects stdout (access log) and stderr.
+
+    ``listen`` overrides the ``--listen`` address (default ``127.0.0.1:0``, a free port), for tests
+    that must know the port in advance, e.g. to put it in ``server.public_url``.
+    """
 
     def __init__(self, config_text: str, *, env: Optional[dict] = None, workdir: Optional[str] = None,
-                 admin: bool = True, start_timeout: float = 20.0):
+                 admin: bool = True, start_timeout: float = 20.0, listen: str = "127.0.0.1:0"):
         self.workdir = workdir or tempfile.mkdtemp(prefix="gw-e2e-")
         self.config_path = os.path.join(self.workdir, "routes.yaml")
         with open(self.config_path, "w") as f:
@@ -30,6 +34,7 @@ class GatewayProcess:
         self.env.update(env or {})
         self.env["PYTHONPATH"] = ROOT + os.pathsep + self.env.get("PYTHONPATH", "")
         self.admin = admin
+        self.listen = listen
         self.start_timeout = start_timeout
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -38,7 +43,7 @@ class GatewayProcess:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "GatewayProcess":
-        args = [sys.executable, "-m", "gateway", "serve", "-c", self.config_path, "--listen", "127.0.0.1:0",
+        args = [sys.executable, "-m", "gateway", "serve", "-c", self.config_path, "--listen", self.listen,
                 "--admin-listen", "127.0.0.1:0" if self.admin else "off"]
         self.proc = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)

@@ -8,6 +8,7 @@ several Set-Cookie headers, redirects, compressed bodies.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import json
 import socket
@@ -86,6 +87,9 @@ class EchoHandler(web.RequestHandler):
             "body_bytes": self.received,
             "server": self.application.settings["state"]["name"],
         }
+        history = self.application.settings["state"].get("history")
+        if history is not None:
+            history.append(body)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
@@ -96,7 +100,7 @@ class Upstream:
     """Start with ``Upstream().start()``; ``url`` is its base URL; ``stop()`` ends it."""
 
     def __init__(self, name: str = "upstream"):
-        self.state = {"requests": 0, "bytes_in": 0, "name": name}
+        self.state = {"requests": 0, "bytes_in": 0, "name": name, "history": collections.deque(maxlen=512)}
         self.port = 0
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -132,6 +136,15 @@ class Upstream:
         self._thread.start()
         self._ready.wait(5)
         return self
+
+    def received(self, path: Optional[str] = None) -> list:
+        """The echoed requests (as in the JSON answers), oldest first; only those for ``path`` if given."""
+        return [r for r in list(self.state["history"]) if path is None or r["path"] == path]
+
+    def last(self, path: Optional[str] = None) -> Optional[dict]:
+        """The most recent echoed request (for ``path`` if given), or None."""
+        found = self.received(path)
+        return found[-1] if found else None
 
     def stop(self) -> None:
         if self._loop is not None:
