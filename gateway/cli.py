@@ -188,8 +188,9 @@ class Server:
 
     def __init__(self, config: Config, path: str, sockets: Optional[list[socket.socket]] = None,
                  admin_sockets: Optional[list[socket.socket]] = None, worker: Optional[int] = None,
-                 file_config: Optional[Config] = None):
+                 file_config: Optional[Config] = None, on_listening: Optional[Callable[[], None]] = None):
         self.config = config
+        self.on_listening = on_listening
         # What the file said (before --listen overrides), to tell a real change of address on reload.
         self.file_server = (file_config or config).server
         self.path = path
@@ -228,6 +229,8 @@ class Server:
         watcher = asyncio.ensure_future(self._watch_file())
         who = f" [worker {self.worker}]" if self.worker is not None else ""
         log.info("gateway listening on %s (admin: %s, config: %s)%s", url_of(sockets), admin_url, self.path, who)
+        if self.on_listening is not None:
+            self.on_listening()
         await self.stopping.wait()
         watcher.cancel()
         await self._drain()

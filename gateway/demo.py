@@ -119,7 +119,7 @@ def run_demo(port: int = 8080) -> int:
     async def main() -> int:
         httpserver.HTTPServer(web.Application([(r".*", EchoHandler)])).add_sockets(echo_sockets)
         httpserver.HTTPServer(idp.make_app()).add_sockets(idp_sockets)
-        print(textwrap.dedent(f"""
+        banner = textwrap.dedent(f"""
             gateway demo: for trying the gateway on this machine, never for production.
 
               Open      {public_url}/
@@ -130,7 +130,8 @@ def run_demo(port: int = 8080) -> int:
                         gateway (login route /)       {public_url}
               config    {path}
               stop      Ctrl-C
-            """), file=sys.stderr, flush=True)
-        return await Server(config, path).serve()
+            """)
+        on_listening = lambda: print(banner, file=sys.stderr, flush=True)  # noqa: E731
+        return await Server(config, path, on_listening=on_listening).serve()
 
     return run(main)

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 from typing import TYPE_CHECKING, Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -83,7 +83,8 @@ class GatewayHandler(web.RequestHandler):
         return is_browser(self.request.headers)
 
     def fail(self, status: int, reason: str = "", *, description: str = "", headers: Optional[dict] = None,
-             retry_url: str = "", retry_label: str = "Try again") -> None:
+             retry_url: str = "", retry_label: str = "Try again", signed_in_as: str = "",
+             sign_out_url: str = "") -> None:
         """Answer with a small HTML page for browsers or RFC 6750-style JSON for APIs."""
         if reason:
             self.scope.reason = reason
@@ -103,6 +104,7 @@ class GatewayHandler(web.RequestHandler):
             payload = self.render_string(
                 "error.html", status=status, title=title, message=description or message,
                 retry_url=retry_url, retry_label=retry_label, request_id=self.request_id,
+                signed_in_as=signed_in_as, sign_out_url=sign_out_url,
             )
         self.bytes_out = len(payload)
         self.finish(payload if self.request.method != "HEAD" else b"")
@@ -165,7 +167,12 @@ class GatewayHandler(web.RequestHandler):
             if not decision.allowed:
                 gw.metrics.auth_failures.labels(route.name, "forbidden").inc()
                 log.info("denied %s to %s on route %s: %s", req.method, result.identity.sub, route.name, decision.reason)
-                self.fail(403, decision.reason)
+                ident = result.identity
+                sign_out = ""
+                if ident.source == "session":
+                    sign_out = "/oauth2/sign_out?" + urlencode({"rd": safe_redirect_path(req.uri)})
+                self.fail(403, decision.reason, signed_in_as=ident.email or ident.preferred_username or ident.sub,
+                          sign_out_url=sign_out)
                 return None
         return match
 
