@@ -93,6 +93,7 @@ class Gateway:
         self.access_log = access_log or AccessLog(log_stream)
         self.runtime = Runtime(config, self.http)
         self.websockets: set = set()
+        self.active: set = set()  # proxy handlers with a request in flight
         self._by_session: dict[str, set] = {}
 
     @property

@@ -107,11 +107,19 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
 
         multiprocess.mark_process_dead(pid, metrics_dir)
 
+    def worker(index: int) -> int:
+        # A restarted worker reads the file as it is now (it may have been reloaded since start).
+        current_file, current = from_file, config
+        try:
+            current_file = load(path)
+            current = _override_listen(current_file, listen, admin_listen)
+        except ConfigError as exc:
+            log.error("worker %d: %s is invalid now; starting with the last good config:\n  %s",
+                      index, path, "\n  ".join(exc.errors))
+        return run(Server(current, path, sockets, admin_sockets, worker=index, file_config=current_file).serve)
+
     try:
-        return supervise(config.server.workers,
-                         lambda index: run(Server(config, path, sockets, admin_sockets, worker=index,
-                                                  file_config=from_file).serve),
-                         on_exit)
+        return supervise(config.server.workers, worker, on_exit)
     finally:
         import shutil
 
@@ -262,6 +270,7 @@ class Server:
         await runtime.start()
         old, gateway.runtime = gateway.runtime, runtime
         self.config = config
+        self._stat = _file_stamp(self.path)  # the watcher must not load this same file again
         gateway.metrics.reloads.labels("ok").inc()
         log.info("config reloaded (%s): %d routes", why, len(config.routes))
         asyncio.get_running_loop().call_later(
@@ -286,8 +295,13 @@ class Server:
         log.info("shutting down: waiting up to %.0fs for in-flight requests", grace)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while (self.gateway.metrics.in_flight._value.get() > 0 or self.gateway.websockets) and loop.time() < deadline:
+        while (self.gateway.active or self.gateway.websockets) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.gateway.active:
+            log.warning("shutdown grace over: cutting %d request(s)", len(self.gateway.active))
+            for handler in list(self.gateway.active):
+                handler.cut_for_shutdown()
+            await asyncio.sleep(0.1)  # let the 503s reach their clients
         await self.gateway.close()
         log.info("gateway stopped")
 

@@ -243,10 +243,13 @@ class ProxyHandler(GatewayHandler):
     )
     exchange: Optional[Exchange] = None
     _running: Optional["asyncio.Future[None]"] = None
+    _body_seen = 0
+    _body_limit = 0
 
     async def prepare(self) -> None:
         self.gateway.metrics.in_flight.inc()
         self._counted = True
+        self.gateway.active.add(self)
         match = await self.admit(check_body=True)
         if match is None:
             return
@@ -267,12 +270,37 @@ class ProxyHandler(GatewayHandler):
             connect_timeout=route.connect_timeout,
         )
         if has_body:
+            limit = route.max_body_size if route.max_body_size is not None else self.runtime.config.server.max_body_size
+            self._body_limit = limit or 0
             self._running = asyncio.ensure_future(self.exchange.run())
+            self._running.add_done_callback(_retrieve)
 
     def data_received(self, chunk: bytes) -> Any:
-        if self.exchange is not None and not self._finished:
-            return self.exchange.feed(chunk)
-        return None
+        if self.exchange is None or self._finished:
+            return None
+        self._body_seen += len(chunk)
+        if self._body_limit and self._body_seen > self._body_limit:
+            # A chunked body has no Content-Length to refuse up front: stop at the limit.
+            self.exchange.abort()
+            if not self.exchange.started:
+                self.fail(413, f"body over the limit of {self._body_limit} bytes")
+            else:
+                self.request.connection.close()
+            return None
+        return self.exchange.feed(chunk)
+
+    def cut_for_shutdown(self) -> None:
+        """The shutdown grace period is over: 503 if nothing was sent yet, else close."""
+        if self._finished:
+            return
+        self.scope.reason = "cut by shutdown"
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.abort()
+        if exchange is None or not exchange.started:
+            self.fail(503, "cut by shutdown", headers={"Connection": "close", "Retry-After": "1"})
+        else:
+            self.request.connection.close()
 
     async def _proxy(self, *args: Any) -> None:
         exchange = self.exchange
@@ -289,6 +317,8 @@ class ProxyHandler(GatewayHandler):
             scope.upstream = exchange.upstream
             self.gateway.metrics.upstream_errors.labels(scope.route or "-", exc.kind).inc()
             log.warning("upstream %s for route %s: %s (%s)", exc.kind, scope.route, exchange.upstream, exc.detail)
+            if self._finished:  # already answered (413, shutdown)
+                return
             if not exchange.started:
                 return self.fail(exc.status, f"upstream {exc.kind}")
             scope.reason = f"upstream {exc.kind} mid-response"
@@ -305,14 +335,26 @@ class ProxyHandler(GatewayHandler):
     get = head = post = put = patch = delete = options = _proxy
     propfind = proppatch = mkcol = copy = move = lock = unlock = report = search = _proxy
 
-    def on_connection_close(self) -> None:
+    def on_finish(self) -> None:
+        self.gateway.active.discard(self)
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.gateway.metrics.in_flight.dec()
+
+    def on_connection_close(self) -> None:  # type: ignore[no-redef]
+        self.gateway.active.discard(self)
         if self.exchange is not None:
             self.exchange.abort()
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.gateway.metrics.in_flight.dec()
         super().on_connection_close()
 
-    def on_finish(self) -> None:
-        if getattr(self, "_counted", False):
-            self.gateway.metrics.in_flight.dec()
+
+def _retrieve(fut: "asyncio.Future[None]") -> None:
+    """The request's own coroutine awaits this too; only mark the outcome as seen."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _content_length(value: Optional[str]) -> Optional[int]:
