@@ -20,6 +20,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from .authn import Authenticator
 from .config import Config
 from .discovery import DiscoveryCache
+from .fastpath import FastDelegate
 from .handlers import (
     CallbackHandler, ForwardAuthHandler, MetricsHandler, NotFoundHandler, PingHandler, ProxyHandler, ReadyHandler,
     SignOutHandler, StartHandler, UserInfoHandler, log_request,
@@ -148,7 +149,19 @@ def make_app(gateway: Gateway) -> web.Application:
         Rule(UpgradeMatcher(), WebSocketRelay, kwargs),
         (r".*", ProxyHandler, kwargs),
     ]
-    return web.Application(handlers, log_function=log_request, compress_response=False, xsrf_cookies=False)
+    return GatewayApplication(gateway, handlers, log_function=log_request, compress_response=False,
+                              xsrf_cookies=False)
+
+
+class GatewayApplication(web.Application):
+    """Every request starts on the fast path, which hands anything unusual to the routes above."""
+
+    def __init__(self, gateway: Gateway, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway
+
+    def start_request(self, server_conn: object, request_conn: Any) -> Any:
+        return FastDelegate(self, self.gateway, server_conn, request_conn)
 
 
 def make_admin_app(gateway: Gateway) -> web.Application:

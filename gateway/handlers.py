@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 from typing import TYPE_CHECKING, Any, Optional
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from tornado import httputil, web
+from tornado import httputil, template, web
 
 from . import forwarded
 from .authn import is_browser
@@ -52,6 +52,23 @@ ERROR_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     413: "request_too_large", 500: "server_error", 502: "bad_gateway", 503: "unavailable", 504: "gateway_timeout",
 }
+
+
+_templates = template.Loader(TEMPLATE_PATH)
+
+
+def render_error(request: httputil.HTTPServerRequest, status: int, request_id: str, *, description: str = "",
+                 retry_url: str = "", retry_label: str = "Try again", signed_in_as: str = "",
+                 sign_out_url: str = "") -> tuple[bool, bytes]:
+    """The body of an error answer: a small HTML page for browsers, RFC 6750-style JSON otherwise."""
+    title, message = TITLES.get(status, ("Error", "The request failed."))
+    if status == 401 or not is_browser(request.headers):
+        body = {"error": ERROR_CODES.get(status, "error"), "error_description": description or message}
+        return False, json.dumps(body).encode()
+    return True, _templates.load("error.html").generate(
+        status=status, title=title, message=description or message, retry_url=retry_url,
+        retry_label=retry_label, request_id=request_id, signed_in_as=signed_in_as, sign_out_url=sign_out_url,
+    )
 
 
 class GatewayHandler(web.RequestHandler):
@@ -94,18 +111,11 @@ class GatewayHandler(web.RequestHandler):
             self.set_header(name, value)
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Request-Id", self.request_id)
-        title, message = TITLES.get(status, ("Error", "The request failed."))
-        if status in (401,) or not self.wants_html():
-            body = json.dumps({"error": ERROR_CODES.get(status, "error"), "error_description": description or message})
-            self.set_header("Content-Type", "application/json")
-            payload = body.encode()
-        else:
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            payload = self.render_string(
-                "error.html", status=status, title=title, message=description or message,
-                retry_url=retry_url, retry_label=retry_label, request_id=self.request_id,
-                signed_in_as=signed_in_as, sign_out_url=sign_out_url,
-            )
+        is_html, payload = render_error(
+            self.request, status, self.request_id, description=description, retry_url=retry_url,
+            retry_label=retry_label, signed_in_as=signed_in_as, sign_out_url=sign_out_url,
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8" if is_html else "application/json")
         self.bytes_out = len(payload)
         self.finish(payload if self.request.method != "HEAD" else b"")
 

@@ -399,6 +399,7 @@ class Exchange:
         finally:
             timer.cancel()
             self._conn = None
+            self._head_flush_pending = False  # the handler's finish sends whatever is left
         if self._timed_out:
             raise UpstreamError("timeout", f"no complete answer within {self.timeout:g}s")
         if self._write_error is not None:

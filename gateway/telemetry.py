@@ -9,12 +9,12 @@ so tokens, codes and cookies cannot reach it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
@@ -24,11 +24,15 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+_ID_PREFIX = os.urandom(10).hex()  # per process: IDs must be unique, they need not be secret
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def request_id(incoming: Optional[str]) -> str:
-    """Pass on a sane client-supplied X-Request-Id, or make a new one."""
+    """Pass on a sane client-supplied X-Request-Id, or make a new one (32 hex digits)."""
     if incoming and _REQUEST_ID_RE.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
 
 
 @dataclass
