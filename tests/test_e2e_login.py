@@ -21,8 +21,10 @@ demo.png come from the ``gateway demo`` test in tests/test_e2e_login_ops.py).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import tempfile
 import shutil
 import urllib.parse
 from dataclasses import dataclass
@@ -64,7 +66,10 @@ pytestmark = [
     pytest.mark.timeout(90),
 ]
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+# Screenshots go to docs/ (shown in the README) only when asked: GATEWAY_UPDATE_SCREENSHOTS=1.
+DOCS = (Path(__file__).resolve().parents[1] / "docs" if os.environ.get("GATEWAY_UPDATE_SCREENSHOTS")
+        else Path(tempfile.gettempdir()) / "gateway-screenshots")
+DOCS.mkdir(parents=True, exist_ok=True)
 COOKIE = "_gw"
 CORP_SECRET = "corp-client-secret-0123456789"
 PARTNERS_SECRET = "partners-client-secret-0123456789"

@@ -10,6 +10,7 @@ serve`` instances, an echo upstream, ``redis-server`` and headless Chromium.
 from __future__ import annotations
 
 import os
+import tempfile
 import re
 import shutil
 import subprocess
@@ -55,7 +56,10 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+# Screenshots go to docs/ (shown in the README) only when asked: GATEWAY_UPDATE_SCREENSHOTS=1.
+DOCS = (Path(__file__).resolve().parents[1] / "docs" if os.environ.get("GATEWAY_UPDATE_SCREENSHOTS")
+        else Path(tempfile.gettempdir()) / "gateway-screenshots")
+DOCS.mkdir(parents=True, exist_ok=True)
 ACCESS_TTL = 3
 SECRET = "ops-client-secret-0123456789"
 ALICE_PW = "alice-pw-0b5d"
