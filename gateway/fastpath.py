@@ -25,7 +25,7 @@ from . import forwarded
 from .config import AUTH_LOGIN, AUTH_PUBLIC
 from .models import Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, upstream_header_list
+from .proxy import Exchange, UpstreamError, forwarded_request_headers
 from .routing import BadPath, normalize_path
 from .telemetry import RequestScope, request_id
 from .tokens import bearer_from_header
@@ -156,24 +156,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.scope.route = route.name
         if identity is not None:
             self.scope.user = identity.sub
-        extra = [("X-Forwarded-For", fwd.chain), ("X-Forwarded-Proto", fwd.proto),
-                 ("X-Forwarded-Host", fwd.host), ("X-Request-Id", rid)]
-        if identity is not None:
-            extra.append(("X-Forwarded-User", identity.sub))
-            if identity.email:
-                extra.append(("X-Forwarded-Email", identity.email))
-            if identity.groups:
-                extra.append(("X-Forwarded-Groups", ",".join(identity.groups)))
-            if identity.preferred_username:
-                extra.append(("X-Forwarded-Preferred-Username", identity.preferred_username))
-        upstream_headers = upstream_header_list(headers, extra)
-        login = runtime.login
-        if login is not None and "Cookie" in headers:
-            cookies = [v for n, v in upstream_headers if n.lower() == "cookie"]
-            upstream_headers = [(n, v) for n, v in upstream_headers if n.lower() != "cookie"]
-            kept = login.upstream_cookie_header(cookies)
-            if kept:
-                upstream_headers.append(("Cookie", kept))
+        upstream_headers = forwarded_request_headers(headers, fwd, rid, identity, runtime.login)
         self.response = FastResponse(request, rid)
         query = request.query
         self.exchange = Exchange(

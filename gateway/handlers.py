@@ -24,7 +24,7 @@ from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, upstream_header_list
+from .proxy import Exchange, UpstreamError, forwarded_request_headers
 from .routing import BadPath, Match, normalize_path
 from .telemetry import RequestScope, request_id
 
@@ -194,34 +194,8 @@ class GatewayHandler(web.RequestHandler):
 
     def upstream_header_list(self) -> list[tuple[str, str]]:
         """What the upstream receives: the client's end-to-end headers, then the gateway's own."""
-        headers = upstream_header_list(self.request.headers, self._extra_headers())
-        login = self.runtime.login
-        if login is not None and "Cookie" in self.request.headers:
-            cookies = [value for name, value in headers if name.lower() == "cookie"]
-            headers = [(name, value) for name, value in headers if name.lower() != "cookie"]
-            kept = login.upstream_cookie_header(cookies)
-            if kept:
-                headers.append(("Cookie", kept))
-        return headers
-
-    def _extra_headers(self) -> list[tuple[str, str]]:
-        fwd = self.forwarded
-        extra = [
-            ("X-Forwarded-For", fwd.chain),
-            ("X-Forwarded-Proto", fwd.proto),
-            ("X-Forwarded-Host", fwd.host),
-            ("X-Request-Id", self.request_id),
-        ]
-        ident = self.identity
-        if ident is not None:
-            extra.append(("X-Forwarded-User", ident.sub))
-            if ident.email:
-                extra.append(("X-Forwarded-Email", ident.email))
-            if ident.groups:
-                extra.append(("X-Forwarded-Groups", ",".join(ident.groups)))
-            if ident.preferred_username:
-                extra.append(("X-Forwarded-Preferred-Username", ident.preferred_username))
-        return extra
+        return forwarded_request_headers(self.request.headers, self.forwarded, self.request_id, self.identity,
+                                         self.runtime.login)
 
     def deny_token(self, error: AuthError) -> None:
         """RFC 6750: a token was sent and is not acceptable."""

@@ -208,6 +208,39 @@ def upstream_header_list(
     return out
 
 
+def forwarded_request_headers(
+    incoming: httputil.HTTPHeaders, fwd: Any, request_id: str, identity: Any, login: Any = None
+) -> list[tuple[str, str]]:
+    """Everything the upstream receives as headers, for the fast path and the handler path alike.
+
+    The client's end-to-end headers (minus hop-by-hop, identity and gateway-owned
+    ones, and minus the gateway's own cookies when browser login is on), then
+    X-Forwarded-For/-Proto/-Host, X-Request-Id and the caller's identity.
+    """
+    extra = [
+        ("X-Forwarded-For", fwd.chain),
+        ("X-Forwarded-Proto", fwd.proto),
+        ("X-Forwarded-Host", fwd.host),
+        ("X-Request-Id", request_id),
+    ]
+    if identity is not None:
+        extra.append(("X-Forwarded-User", identity.sub))
+        if identity.email:
+            extra.append(("X-Forwarded-Email", identity.email))
+        if identity.groups:
+            extra.append(("X-Forwarded-Groups", ",".join(identity.groups)))
+        if identity.preferred_username:
+            extra.append(("X-Forwarded-Preferred-Username", identity.preferred_username))
+    headers = upstream_header_list(incoming, extra)
+    if login is not None and "Cookie" in incoming:
+        cookies = [value for name, value in headers if name.lower() == "cookie"]
+        headers = [(name, value) for name, value in headers if name.lower() != "cookie"]
+        kept = login.upstream_cookie_header(cookies)
+        if kept:
+            headers.append(("Cookie", kept))
+    return headers
+
+
 class Exchange:
     """One request's trip to the upstream and back, written into a RequestHandler.
 
