@@ -183,23 +183,10 @@ def connection_tokens(headers: httputil.HTTPHeaders) -> set[str]:
     return tokens
 
 
-def upstream_request_headers(
-    incoming: httputil.HTTPHeaders,
-    *,
-    extra: Iterable[tuple[str, str]],
-    drop: frozenset = frozenset(),
-) -> httputil.HTTPHeaders:
-    """The client's headers minus hop-by-hop, identity and gateway-owned ones, plus ``extra``."""
-    out = httputil.HTTPHeaders()
-    for name, value in upstream_header_list(incoming, extra, drop):
-        out.add(name, value)
-    return out
-
-
 def upstream_header_list(
     incoming: httputil.HTTPHeaders, extra: Iterable[tuple[str, str]], drop: frozenset = frozenset()
 ) -> list[tuple[str, str]]:
-    """Like ``upstream_request_headers`` but a plain list: the fast path builds no HTTPHeaders."""
+    """The client's headers minus hop-by-hop, identity and gateway-owned ones, plus ``extra``."""
     skip = SKIP_REQUEST | drop
     named = connection_tokens(incoming) if "Connection" in incoming else ()
     out = [(name, value) for name, value in incoming.get_all()
