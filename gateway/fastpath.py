@@ -26,7 +26,7 @@ from .config import AUTH_LOGIN, AUTH_PUBLIC
 from .models import Identity
 from .policy import authorize
 from .proxy import Exchange, UpstreamError, forwarded_request_headers
-from .routing import BadPath, normalize_path
+from .routing import BadPath, Match, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 from .tokens import bearer_from_header
 
@@ -114,12 +114,14 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         if "Upgrade" in headers or request.path.startswith("/oauth2"):
             return None
         runtime = self.gateway.runtime
+        if not valid_host_header(request.host):
+            return None
         try:
             path = normalize_path(request.path)
         except BadPath:
             return None
         match = runtime.routes.match(request.host, path, method)
-        if match is None:
+        if not isinstance(match, Match):
             return None
         route = match.route
         identity: Optional[Identity] = None

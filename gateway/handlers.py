@@ -24,8 +24,8 @@ from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers
-from .routing import BadPath, Match, normalize_path
+from .proxy import Exchange, UpstreamError, forwarded_request_headers, identity_value
+from .routing import BadPath, Match, MethodNotAllowed, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,7 +135,10 @@ class GatewayHandler(web.RequestHandler):
         (404, 413, 401, a login redirect, 403) has been sent and it returns None.
         """
         gw, rt, req, scope = self.gateway, self.runtime, self.request, self.scope
-        # 1. match a route on the normalised path
+        # 1. match a route on the host and the normalised path
+        if not valid_host_header(req.host):
+            self.fail(400, "bad Host header")
+            return None
         try:
             path = normalize_path(req.path)
         except BadPath as exc:
@@ -144,6 +147,10 @@ class GatewayHandler(web.RequestHandler):
         match = rt.routes.match(req.host, path, req.method or "GET")
         if match is None:
             self.fail(404, "no route")
+            return None
+        if isinstance(match, MethodNotAllowed):
+            self.fail(405, f"method {req.method} not allowed here",
+                      headers={"Allow": ", ".join(sorted(match.allowed))})
             return None
         route = match.route
         scope.route = route.name
@@ -378,7 +385,7 @@ class StartHandler(OAuthHandler):
         route = None
         try:
             match = self.runtime.routes.match(self.request.host, normalize_path(rd.partition("?")[0]), "GET")
-            route = match.route if match and match.route.auth == "login" else None
+            route = match.route if isinstance(match, Match) and match.route.auth == "login" else None
         except BadPath:
             pass
         await login.begin(self, route, rd=rd, provider=self.get_argument("provider", None))
@@ -436,8 +443,8 @@ class ForwardAuthHandler(OAuthHandler):
         except BadPath as exc:
             return self.fail(403, f"forward-auth: bad path: {exc}")
         match = self.runtime.routes.match(host, path, method)
-        if match is None:
-            return self.fail(403, "forward-auth: no route")
+        if match is None or isinstance(match, MethodNotAllowed):
+            return self.fail(403, "forward-auth: no route for this method and path")
         route = match.route
         self.scope.route = route.name
         self.scope.path = path
@@ -456,13 +463,13 @@ class ForwardAuthHandler(OAuthHandler):
             self.gateway.metrics.auth_failures.labels(route.name, "forbidden").inc()
             return self.fail(403, decision.reason)
         self.set_status(200)
-        self.set_header("X-Auth-Request-User", ident.sub)
+        self.set_header("X-Auth-Request-User", identity_value(ident.sub))
         if ident.email:
-            self.set_header("X-Auth-Request-Email", ident.email)
+            self.set_header("X-Auth-Request-Email", identity_value(ident.email))
         if ident.groups:
-            self.set_header("X-Auth-Request-Groups", ",".join(ident.groups))
+            self.set_header("X-Auth-Request-Groups", ",".join(identity_value(g, list_item=True) for g in ident.groups))
         if ident.preferred_username:
-            self.set_header("X-Auth-Request-Preferred-Username", ident.preferred_username)
+            self.set_header("X-Auth-Request-Preferred-Username", identity_value(ident.preferred_username))
         self.set_header("Cache-Control", "no-store")
         self.finish()
 

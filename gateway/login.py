@@ -315,7 +315,10 @@ class LoginManager:
             id_token = session.id_token
             if tokens.id_token:
                 try:
-                    await client.validate_id_token(tokens.id_token, nonce=None)
+                    claims = await client.validate_id_token(tokens.id_token, nonce=None)
+                    if claims.get("sub") != session.sub:
+                        log.warning("refreshed id_token names another subject: session of %s ended", session.sub)
+                        return None
                     id_token = tokens.id_token
                 except OIDCError as exc:
                     log.warning("refreshed id_token for %s rejected (%s): session ended", session.sub, exc.reason)

@@ -71,7 +71,12 @@ IDENTITY_HEADERS = frozenset(
     }
 )
 # Set by the gateway itself, so a client's copy is never passed on.
-GATEWAY_SET = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-real-ip", "forwarded"})
+GATEWAY_SET = frozenset({
+    "host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id", "x-real-ip", "forwarded",
+    # Headers some frameworks route or authorize on; a client must not choose them behind the gateway.
+    "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method", "x-original-url",
+    "x-original-method", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
+})
 SKIP_REQUEST = HOP_BY_HOP | IDENTITY_HEADERS | GATEWAY_SET | frozenset({"content-length", "expect"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -190,9 +195,22 @@ def upstream_header_list(
     skip = SKIP_REQUEST | drop
     named = connection_tokens(incoming) if "Connection" in incoming else ()
     out = [(name, value) for name, value in incoming.get_all()
-           if (lower := name.lower()) not in skip and lower not in named]
+           if (lower := name.lower()) not in skip and lower not in named
+           and ("_" not in lower or lower.replace("_", "-") not in skip)]  # CGI maps _ and - alike
     out.extend(extra)
     return out
+
+
+def identity_value(value: str, *, list_item: bool = False) -> str:
+    """A claim as a header value: control characters (and commas in list items) percent-encoded,
+    non-ASCII sent as its UTF-8 bytes, so no claim can add a header line or a group."""
+    if value.isascii() and value.isprintable() and not (list_item and "," in value):
+        return value
+    out = "".join(
+        f"%{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F or (list_item and ch in ",%") else ch
+        for ch in value
+    )
+    return out.encode("utf-8").decode("latin-1")
 
 
 def forwarded_request_headers(
@@ -211,13 +229,13 @@ def forwarded_request_headers(
         ("X-Request-Id", request_id),
     ]
     if identity is not None:
-        extra.append(("X-Forwarded-User", identity.sub))
+        extra.append(("X-Forwarded-User", identity_value(identity.sub)))
         if identity.email:
-            extra.append(("X-Forwarded-Email", identity.email))
+            extra.append(("X-Forwarded-Email", identity_value(identity.email)))
         if identity.groups:
-            extra.append(("X-Forwarded-Groups", ",".join(identity.groups)))
+            extra.append(("X-Forwarded-Groups", ",".join(identity_value(g, list_item=True) for g in identity.groups)))
         if identity.preferred_username:
-            extra.append(("X-Forwarded-Preferred-Username", identity.preferred_username))
+            extra.append(("X-Forwarded-Preferred-Username", identity_value(identity.preferred_username)))
     headers = upstream_header_list(incoming, extra)
     if login is not None and "Cookie" in incoming:
         cookies = [value for name, value in headers if name.lower() == "cookie"]
@@ -396,14 +414,18 @@ class Exchange:
             else:
                 headers.append(("Transfer-Encoding", "chunked"))
                 chunked = True
-        head = format_head(self.method, origin.path + self.path_and_query, headers)
+        try:
+            head = format_head(self.method, origin.path + self.path_and_query, headers)
+        except UpstreamProtocolError as exc:
+            raise UpstreamError("reset", exc.detail) from None
         loop = asyncio.get_running_loop()
         self._timed_out = False
-        timer = loop.call_later(self.timeout, self._on_native_timeout)
+        deadline = loop.time() + self.timeout
+        timer = loop.call_at(deadline, self._on_native_timeout)
         try:
             await self.clients.native.fetch(
                 origin.host, origin.port, head, self.method, self._on_native_head, self._on_native_body,
-                connect_timeout=self.connect_timeout,
+                connect_timeout=self.connect_timeout, deadline=deadline,
                 body=(lambda conn: self._send_body(conn, chunked)) if self.has_body else None,
                 retry_stale=not self.has_body and self.method in IDEMPOTENT,
                 on_connection=self._on_native_connection,
@@ -427,6 +449,8 @@ class Exchange:
 
     def _on_native_connection(self, conn: Any) -> None:
         self._conn = conn
+        if self._timed_out or self._client_gone:
+            conn.close()
 
     def _on_native_timeout(self) -> None:
         self._timed_out = True

@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import RouteConfig
 
-__all__ = ["BadPath", "Match", "RouteTable", "normalize_path", "normalize_host"]
+__all__ = ["BadPath", "Match", "MethodNotAllowed", "RouteTable", "normalize_path", "normalize_host",
+           "valid_host_header"]
 
 
 class BadPath(ValueError):
@@ -81,6 +82,9 @@ def normalize_path(raw: str) -> str:
     """
     if not raw.startswith("/"):
         raise BadPath("path does not start with /")
+    if ";" in raw:
+        # Servlet containers read /admin;x as /admin: matching must not see another route than they do.
+        raise BadPath("path parameters (;) are not accepted")
     if _CANONICAL.fullmatch(raw):
         return raw
     pieces = raw.split("/")
@@ -198,8 +202,13 @@ class _Bucket:
         self.by_path[path] = self.by_path.get(path, ()) + ((route, path),)
         self.max_len = max(self.max_len, len(path))
 
-    def find(self, path: str, method: str) -> Optional[Match]:
-        """Longest whole-segment prefix of ``path`` with a route allowing ``method``."""
+    def find(self, path: str, method: str) -> "Optional[Match | MethodNotAllowed]":
+        """The route of the longest whole-segment prefix of ``path`` that has routes.
+
+        When the routes at that prefix do not allow ``method``, the answer is
+        MethodNotAllowed: a shorter prefix (perhaps a public route) must never
+        catch a method the more specific route left out.
+        """
         by_path = self.by_path
         if not by_path:
             return None
@@ -215,12 +224,33 @@ class _Bucket:
         while True:
             entries = by_path.get(prefix or "/")
             if entries is not None:
+                allowed: set = set()
                 for route, route_path in entries:
-                    if route.methods is None or method in route.methods:
+                    methods = route.methods
+                    if methods is None or method in methods or (method == "HEAD" and "GET" in methods):
                         return Match(route, _upstream_path(route, route_path, path))
+                    allowed |= methods
+                    if "GET" in methods:
+                        allowed.add("HEAD")
+                return MethodNotAllowed(frozenset(allowed))
             if not prefix or prefix == "/":
                 return None
             prefix = prefix[: prefix.rfind("/")]
+
+
+_HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::[0-9]{1,5})?")
+
+
+def valid_host_header(host: str) -> bool:
+    """A Host header the gateway can route on: a name or IP literal and at most one numeric port."""
+    return _HOST_HEADER.fullmatch(host) is not None
+
+
+@dataclass(frozen=True)
+class MethodNotAllowed:
+    """The path belongs to routes that do not take this method (answered 405 with Allow)."""
+
+    allowed: frozenset
 
 
 def _upstream_path(route: RouteConfig, route_path: str, path: str) -> str:
@@ -257,7 +287,7 @@ class RouteTable:
             raise ValueError(f"route {route.name!r}: bad path {route.path!r}: {exc.reason}") from None
         return path.rstrip("/") or "/"
 
-    def match(self, host: str, path: str, method: str) -> Optional[Match]:
+    def match(self, host: str, path: str, method: str) -> "Optional[Match | MethodNotAllowed]":
         """The route for a request, or None (404).
 
         ``host`` is the Host header as sent (port and trailing dot allowed),

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 from typing import Any, Awaitable, Callable, Deque, Optional
 
 MAX_HEAD = 64 * 1024
+_LINE_BREAKERS = re.compile(r"[\x00\r\n]")
 MAX_IDLE_PER_ORIGIN = 128
 IDLE_TIMEOUT = 30.0
 
@@ -62,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self._remaining = 0
         self._head_method = False
         self._keep_alive = False
+        self.request_complete = True  # False while a request body is still being written
         self._got_bytes = False
         self._chunk_state = "size"
 
@@ -129,11 +132,11 @@ class _Connection(asyncio.Protocol):
             await self._drain_waiter
 
     def pause(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.transport.is_reading():
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.transport.is_reading():
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -236,8 +239,11 @@ class _Connection(asyncio.Protocol):
         assert self._on_head is not None
         self._on_head(code, reason, headers)
         if self._head_method or code in (204, 304):
+            # A HEAD answer announcing a body could be followed by one from a sloppy upstream:
+            # never let such bytes become the next client's answer.
+            announced = chunked or bool(length)
             self._state = "done"
-            self._finish(reuse=self._keep_alive and not self._buf)
+            self._finish(reuse=self._keep_alive and not self._buf and not announced)
         elif chunked:
             self._state = "body-chunked"
             self._chunk_state = "size"
@@ -310,7 +316,9 @@ class _Connection(asyncio.Protocol):
     def _finish(self, reuse: bool) -> None:
         done = self._done
         self._on_head = self._on_body = None
-        if reuse and not self.closed:
+        # An answer that came before the whole request body was written leaves the rest of
+        # that body on its way: such a connection must never carry another request.
+        if reuse and not self.closed and self.request_complete:
             self._state = "idle"
             self.pool._release(self)
         else:
@@ -361,6 +369,7 @@ class OriginPool:
         if len(self._idle) >= self.max_idle:
             conn.close()
             return
+        conn.resume()  # it may have been paused for a slow client on its last chunk
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
@@ -398,6 +407,7 @@ class UpstreamClient:
         on_body: BodyCallback,
         *,
         connect_timeout: float,
+        deadline: float,
         body: Optional[Callable[["_Connection"], Awaitable[None]]] = None,
         retry_stale: bool = True,
         on_connection: Optional[Callable[["_Connection"], None]] = None,
@@ -408,26 +418,48 @@ class UpstreamClient:
         any response byte; such a request is retried once on a new connection
         when ``retry_stale`` (idempotent and bodiless) allows it.
         """
+        loop = asyncio.get_running_loop()
         pool = self.pool(host, port)
         conn = pool.take_idle()
         reused = conn is not None
         if conn is None:
-            conn = await pool.connect(connect_timeout)
+            conn = await self._connect(pool, connect_timeout, deadline)
         if on_connection is not None:
             on_connection(conn)
-        done = conn.start(head, method, on_head, on_body)
         try:
-            if body is not None:
-                await body(conn)
-            await done
+            await self._exchange(conn, head, method, on_head, on_body, body)
         except UpstreamProtocolError as exc:
-            if reused and retry_stale and not conn._got_bytes and exc.kind == "reset":
-                conn = await pool.connect(connect_timeout)
-                if on_connection is not None:
-                    on_connection(conn)
-                await conn.start(head, method, on_head, on_body)
-                return
-            raise
+            stale = reused and not conn._got_bytes and exc.kind == "reset"
+            if not (stale and retry_stale and loop.time() < deadline):
+                raise
+            conn = await self._connect(pool, connect_timeout, deadline)
+            if on_connection is not None:
+                on_connection(conn)
+            await self._exchange(conn, head, method, on_head, on_body, body)
+
+    @staticmethod
+    async def _connect(pool: "OriginPool", connect_timeout: float, deadline: float) -> "_Connection":
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamProtocolError("timeout", "the route's timeout passed before connecting")
+        conn = await pool.connect(min(connect_timeout, remaining))
+        if loop.time() >= deadline:
+            conn.close()
+            raise UpstreamProtocolError("timeout", "the route's timeout passed while connecting")
+        return conn
+
+    @staticmethod
+    async def _exchange(conn: "_Connection", head: bytes, method: str, on_head: HeadCallback,
+                        on_body: BodyCallback, body: Optional[Callable[["_Connection"], Awaitable[None]]]) -> None:
+        if conn.closed:
+            raise UpstreamProtocolError("reset", "upstream connection closed before the request")
+        done = conn.start(head, method, on_head, on_body)
+        if body is not None:
+            conn.request_complete = False
+            await body(conn)
+            conn.request_complete = True
+        await done
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -436,10 +468,13 @@ class UpstreamClient:
 
 
 def format_head(method: str, target: str, headers: list) -> bytes:
-    """The request line and header block; values come from a parsed request, so have no CR/LF."""
+    """The request line and header block, refusing anything that could split a line."""
     lines = [f"{method} {target} HTTP/1.1"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+    text = "\r\n".join(lines)
+    if _LINE_BREAKERS.search(text.replace("\r\n", "  ")):
+        raise UpstreamProtocolError("reset", "refusing a request head with a control character in it")
+    return (text + "\r\n\r\n").encode("latin-1", "replace")
 
 
 def format_chunk(data: bytes) -> bytes:

@@ -38,6 +38,13 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
     _closing = False
 
     async def prepare(self) -> None:
+        # Refuse a malformed handshake before anything is opened toward the upstream.
+        headers = self.request.headers
+        if (self.request.method != "GET" or "upgrade" not in headers.get("Connection", "").lower()
+                or not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") != "13"):
+            self.fail(400, "malformed websocket handshake", description="Malformed WebSocket handshake.",
+                      headers={"Sec-WebSocket-Version": "13"})
+            return
         match = await self.admit(websocket=True)
         if match is None:
             return
@@ -135,6 +142,11 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
         if self.upstream is not None and self.ws_connection is None:
             self.upstream.close()
         super().on_connection_close()
+
+    def on_finish(self) -> None:
+        # An HTTP answer instead of an upgrade (the client's handshake was refused): drop the upstream leg.
+        if self.upstream is not None and self.ws_connection is None:
+            self.upstream.close()
 
 
 def is_upgrade(request: httputil.HTTPServerRequest) -> bool:
