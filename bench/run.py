@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the gateway against nginx proxy_pass, on this machine, in one run.
 
-    python bench/run.py [--duration 10] [--connections 50] [--quick] [--no-memory]
+    python bench/run.py [--duration 10] [--connections 50] [--quick] [--no-memory] [--workers]
 
 What it does (see bench/README.md):
 
@@ -14,7 +14,12 @@ What it does (see bench/README.md):
    writes bench/results/latest.json;
 4. streams a 1 GiB upload and a 1 GiB download through a fresh gateway process
    and samples its RSS (VmRSS / VmHWM) every 50 ms;
-5. stops every process it started, by PID, and removes its temporary directory.
+5. with ``--workers`` (or ``--only workers``): runs wrk on the RS256 route of a gateway
+   with ``server.workers: 1``, then ``server.workers: 2``, everything on CPUs 0,1, and
+   prints req/s, p50, p99, the ratio and the CPU split (gateway per worker, wrk, upstream);
+6. stops every process it started, by PID, and removes its temporary directory.
+
+The 1,000-idle-WebSockets memory test is a separate script: bench/websockets.py.
 
 Only the standard library, PyJWT and cryptography are used.
 """
@@ -38,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -318,14 +323,21 @@ def write_keys(tmp: str):
     return private_pem, public_pem
 
 
-def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str) -> str:
+def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str,
+                 workers: Optional[int] = None, name: str = "routes.yaml") -> str:
+    """The benchmark's routes.yaml; ``workers`` adds ``server.workers: N`` (the --workers group)."""
     pem = "\n".join("      " + line for line in public_pem.strip().splitlines())
+    # Several workers with a listening socket each (server.reuse_port), so wrk's burst of
+    # connections is spread evenly; with one shared socket one worker can take them all.
+    workers_line = f"\n  workers: {workers}" if workers is not None else ""
+    if workers is not None and workers > 1:
+        workers_line += "\n  reuse_port: true"
     text = f"""\
 # Written by bench/run.py; removed with its temporary directory.
 server:
   listen: 127.0.0.1:{gw_port}
   public_url: http://127.0.0.1:{gw_port}
-  admin_listen: "off"
+  admin_listen: "off"{workers_line}
 
 session:
   secret: {SESSION_SECRET}
@@ -360,7 +372,7 @@ routes:
     auth: public
     timeout: 10m
 """
-    path = os.path.join(tmp, "routes.yaml")
+    path = os.path.join(tmp, name)
     with open(path, "w") as fh:
         fh.write(text)
     return path
@@ -375,22 +387,24 @@ def check_gateway_config(routes: str) -> None:
         raise RuntimeError(f"`gateway check` failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
 
 
-def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str):
+def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str, cpus: str = GATEWAY_CPU,
+                  workers: int = 1, **popen_kw):
+    """``taskset -c CPUS python -m gateway serve``; returns once ``workers`` processes logged "listening"."""
     logf = os.path.join(tmp, f"gateway-{tag}.log")
     proc = procs.start(
-        ["taskset", "-c", GATEWAY_CPU, sys.executable, "-m", "gateway", "serve", "-c", routes,
+        ["taskset", "-c", cpus, sys.executable, "-m", "gateway", "serve", "-c", routes,
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(logf, "w"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(logf, "w"), **popen_kw,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gateway exited with status {proc.returncode} at start:\n{tail(logf)}")
         with open(logf, errors="replace") as fh:
-            if "listening" in fh.read():
+            if sum("listening" in line for line in fh) >= workers:
                 return proc, logf
         time.sleep(0.05)
-    raise RuntimeError(f"gateway did not log 'listening' within 30 s:\n{tail(logf)}")
+    raise RuntimeError(f"gateway did not log 'listening' ({workers} workers) within 30 s:\n{tail(logf)}")
 
 
 def mint_tokens(private_pem: bytes) -> Dict[str, str]:
@@ -477,32 +491,74 @@ def wait_idle(max_wait: float, threshold: float = 0.10) -> float:
         time.sleep(1.0)
 
 
+def cpu_stat() -> Dict[str, List[int]]:
+    """The ``cpu`` and ``cpuN`` lines of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    out = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if not line.startswith("cpu"):
+                break
+            name, *fields = line.split()
+            out[name] = [int(x) for x in fields]
+    return out
+
+
+def cpu_stat_delta(before: Dict[str, List[int]], after: Dict[str, List[int]], elapsed: float) -> Dict[str, object]:
+    """Per CPU: busy share (all but idle and iowait) and irq+softirq share, in cores, over ``elapsed`` s."""
+    res: Dict[str, object] = {}
+    for name in after:
+        if name not in before:
+            continue
+        d = [a - b for a, b in zip(after[name], before[name])]
+        busy = sum(d) - d[3] - (d[4] if len(d) > 4 else 0)
+        irq = (d[5] if len(d) > 5 else 0) + (d[6] if len(d) > 6 else 0)
+        res[name] = {"busy_cores": busy / CLK_TCK / elapsed, "irq_softirq_cores": irq / CLK_TCK / elapsed}
+    return res
+
+
 def run_wrk_once(url: str, duration: float, connections: int, token: Optional[str], ours: List[int],
-                 focus: Optional[List[int]] = None) -> Dict[str, object]:
-    """One wrk run; also measures how much CPU other processes of the machine used meanwhile."""
-    argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
+                 focus: Optional[List[int]] = None, cpus: str = CLIENT_CPU,
+                 groups: Optional[Dict[str, List[int]]] = None,
+                 during: Optional[Callable[[], object]] = None) -> Dict[str, object]:
+    """One wrk run (``taskset -c CPUS wrk``); also measures how much CPU other processes of the
+    machine used meanwhile. ``groups`` (name -> PIDs, with their children) adds a CPU split
+    (``cpu_split``: cores per group, per process, for wrk, and per CPU from /proc/stat);
+    ``during()`` is called once half-way through, its result stored as ``during``."""
+    argv = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
             "--latency", "--timeout", "5s"]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
     argv.append(url)
     pids = tree_pids(ours)
     focus_pids = tree_pids(focus or [])
+    group_pids = {name: tree_pids(roots) for name, roots in (groups or {}).items()}
     ours0 = sum(proc_ticks(p) for p in pids)
     focus0 = sum(proc_ticks(p) for p in focus_pids)
+    per_pid0 = {p: proc_ticks(p) for g in group_pids.values() for p in g}
+    stat0 = cpu_stat()
     busy0, t0 = cpu_busy_ticks(), time.monotonic()
+    during_result = []
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         timer = threading.Timer(duration + 60, proc.kill)
         timer.start()
+        probe = None
+        if during is not None:
+            probe = threading.Timer(duration / 2, lambda: during_result.append(during()))
+            probe.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)  # rusage of wrk itself
         finally:
             timer.cancel()
+            if probe is not None:
+                probe.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         elapsed = time.monotonic() - t0
         busy = (cpu_busy_ticks() - busy0) / CLK_TCK
+        stat1 = cpu_stat()
         mine = (sum(proc_ticks(p) for p in pids) - ours0) / CLK_TCK + usage.ru_utime + usage.ru_stime
         server = (sum(proc_ticks(p) for p in focus_pids) - focus0) / CLK_TCK
+        per_pid = {p: (proc_ticks(p) - t) / CLK_TCK / elapsed for p, t in per_pid0.items()}
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
@@ -513,19 +569,32 @@ def run_wrk_once(url: str, duration: float, connections: int, token: Optional[st
     res["cpu_ours_cores"] = mine / elapsed
     res["cpu_other_cores"] = max(0.0, busy - mine) / elapsed
     res["cpu_server_cores"] = server / elapsed if focus_pids else None
+    if groups is not None:
+        wrk_cores = (usage.ru_utime + usage.ru_stime) / elapsed
+        split: Dict[str, object] = {name: sum(per_pid[p] for p in g) for name, g in group_pids.items()}
+        split["wrk"] = wrk_cores
+        split["per_process"] = {name: {str(p): per_pid[p] for p in g} for name, g in group_pids.items()}
+        split["cpus"] = cpu_stat_delta(stat0, stat1, elapsed)
+        split["total_busy_cores"] = busy / elapsed
+        split["other_cores"] = max(0.0, busy / elapsed - wrk_cores - sum(per_pid.values()))
+        res["cpu_split"] = split
+    if during_result:
+        res["during"] = during_result[0]
     return res
 
 
 def run_wrk(url: str, duration: float, connections: int, token: Optional[str], warmup: float,
-            ours: List[int], repeat: int = 1, idle_wait: float = 0.0, focus: Optional[List[int]] = None) -> Dict[str, object]:
-    """Warm up, then ``repeat`` measurements; the one with the median requests/s is reported."""
+            ours: List[int], repeat: int = 1, idle_wait: float = 0.0, focus: Optional[List[int]] = None,
+            **kw) -> Dict[str, object]:
+    """Warm up, then ``repeat`` measurements; the one with the median requests/s is reported.
+    ``kw`` goes to ``run_wrk_once`` (cpus, groups, during)."""
     if warmup > 0:
-        run_wrk_once(url, warmup, connections, token, ours, focus)
+        run_wrk_once(url, warmup, connections, token, ours, focus, cpus=kw.get("cpus", CLIENT_CPU))
     runs = []
     for _ in range(max(1, repeat)):
         if idle_wait > 0:
             wait_idle(idle_wait)
-        runs.append(run_wrk_once(url, duration, connections, token, ours, focus))
+        runs.append(run_wrk_once(url, duration, connections, token, ours, focus, **kw))
     ordered = sorted(runs, key=lambda r: r["rps"])
     res = dict(ordered[(len(ordered) - 1) // 2])
     if len(runs) > 1:
@@ -694,6 +763,134 @@ def memory_test(procs: Processes, tmp: str, routes: str, size: int, timeout: flo
     return result
 
 
+# --------------------------------------------------------------------------- workers
+
+WORKERS_CPUS = "0,1"  # the --workers group: every process may run on both CPUs
+WORKERS_VARIANTS = (1, 2)
+
+
+def connections_per_pid(port: int) -> Dict[str, int]:
+    """Established client connections on 127.0.0.1:PORT per owning PID (``ss -tnp``); {} without ss."""
+    if shutil.which("ss") is None:
+        return {}
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    counts: Dict[str, int] = {}
+    for line in out.splitlines():
+        for pid in set(re.findall(r"pid=(\d+)", line)):
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
+def workers_test(procs: Processes, tmp: str, args: argparse.Namespace, public_pem: str, token: str) -> Dict[str, object]:
+    """``server.workers: 1`` then ``server.workers: 2`` on the RS256 route, same token, same wrk.
+
+    Nothing is pinned to one core here: a fresh upstream nginx, the gateway (and so its forked
+    workers) and wrk all run under ``taskset -c 0,1``, so the two variants get the same two CPUs
+    and the scheduler places every process; the CPU split says who used what."""
+    upstream_port = free_port()
+    upstream = start_nginx(procs, tmp, "upstream-workers", UPSTREAM_BODY.format(port=upstream_port),
+                           upstream_port, WORKERS_CPUS)
+    result: Dict[str, object] = {"cpus": WORKERS_CPUS, "connections": args.connections, "duration_s": args.duration,
+                                 "wrk_threads": 1, "variants": {}}
+    try:
+        for n in WORKERS_VARIANTS:
+            port = free_port()
+            routes = write_routes(tmp, port, upstream_port, free_port(), public_pem, workers=n,
+                                  name=f"routes-workers{n}.yaml")
+            check_gateway_config(routes)
+            gw, logf = start_gateway(procs, tmp, routes, port, f"workers{n}", cpus=WORKERS_CPUS, workers=n)
+            try:
+                url = f"http://127.0.0.1:{port}/rs"
+                status, body = http_get(url, {"Authorization": f"Bearer {token}"})
+                if status != 200:
+                    raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}\ngateway log:\n{tail(logf)}")
+                workers = Processes._children(gw.pid) if n > 1 else [gw.pid]
+                log(f"wrk gateway /rs, server.workers: {n} (pid {gw.pid}"
+                    + (f", workers {', '.join(map(str, workers))}" if n > 1 else "")
+                    + f", CPUs {WORKERS_CPUS}): {args.duration:.0f} s, {args.connections} connections")
+                ours = [p.pid for p in procs.procs if p.poll() is None]
+                r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours, repeat=args.repeat,
+                            idle_wait=args.idle_wait, focus=[gw.pid], cpus=WORKERS_CPUS,
+                            groups={"gateway": [gw.pid], "upstream": [upstream.pid]},
+                            during=lambda: connections_per_pid(port))
+                if gw.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {gw.returncode}:\n{tail(logf)}")
+                r["workers"] = n
+                r["worker_pids"] = workers
+                r["gateway_log_tail"] = tail(logf, 10)
+                result["variants"][str(n)] = r
+            finally:
+                procs.stop(gw)
+    finally:
+        procs.stop(upstream)
+    v = result["variants"]
+    for r in v.values():
+        gw_cores = (r.get("cpu_split") or {}).get("gateway")
+        r["rps_per_gateway_core"] = r["rps"] / gw_cores if gw_cores else None
+    if "1" in v and "2" in v:
+        result["ratio_rps_2_to_1"] = v["2"]["rps"] / v["1"]["rps"]
+        if v["1"]["rps_per_gateway_core"] and v["2"]["rps_per_gateway_core"]:
+            # what 2 workers would give with two cores of their own (load generator elsewhere)
+            result["efficiency_per_gateway_core_2_to_1"] = v["2"]["rps_per_gateway_core"] / v["1"]["rps_per_gateway_core"]
+    return result
+
+
+def print_workers(res: Dict[str, object]) -> None:
+    print(f"workers comparison: gateway /rs (RS256, one repeated token), wrk -t1 -c{res['connections']} "
+          f"{res['duration_s']:.0f} s; gateway, wrk and upstream nginx all on CPUs {res['cpus']}")
+    print(f"{'':<20} {'req/s':>8} {'p50':>10} {'p99':>10}  CPU split in cores: gateway [per worker, its connections]"
+          " + wrk + upstream nginx + other processes = busy")
+    print("-" * 110)
+    for key, r in res["variants"].items():
+        sp = r.get("cpu_split") or {}
+        workers = r.get("worker_pids") or []
+        per = (sp.get("per_process") or {}).get("gateway", {})
+        conns = r.get("during") or {}
+        if len(workers) > 1:
+            detail = " [" + ", ".join(f"w{i}: {per.get(str(p), 0):.2f}, {conns.get(str(p), '?')} conns"
+                                       for i, p in enumerate(workers)) + "]"
+        else:
+            detail = ""
+        cpus = sp.get("cpus") or {}
+        per_cpu = " ".join(f"{name} {c['busy_cores'] * 100:.0f}% (irq+softirq {c['irq_softirq_cores'] * 100:.0f}%)"
+                           for name, c in sorted(cpus.items()) if name != "cpu")
+        notes = []
+        if r.get("non_2xx"):
+            notes.append(f"{r['non_2xx']} non-2xx")
+        if sp.get("other_cores", 0) > 0.05:
+            notes.append("other load: not trustworthy")
+        errs = {k: x for k, x in (r.get("socket_errors") or {}).items() if x}
+        if errs:
+            notes.append("socket errors " + ", ".join(f"{k} {x}" for k, x in errs.items()))
+        print(f"{'server.workers: ' + key:<20} {r['rps']:>8.0f} {fmt_ms(r['p50_ms']):>10} {fmt_ms(r['p99_ms']):>10}  "
+              f"gateway {sp.get('gateway', 0):.2f}{detail} + wrk {sp.get('wrk', 0):.2f} + upstream {sp.get('upstream', 0):.2f}"
+              f" + other {sp.get('other_cores', 0):.2f} = {sp.get('total_busy_cores', 0):.2f}"
+              + (f"  {'; '.join(notes)}" if notes else ""))
+        if per_cpu:
+            print(f"{'':<52}per CPU: {per_cpu}")
+        if r.get("runs"):
+            print(f"{'':<52}runs (median shown): " + ", ".join(
+                f"{x['rps']:.0f} req/s" + (f" [{'/'.join(str(c) for c in sorted((x.get('during') or {}).values(), reverse=True))} conns]"
+                                            if len(workers) > 1 and x.get("during") else "")
+                + (f" (other {x['cpu_split']['other_cores']:.2f})" if x.get("cpu_split") else "")
+                for x in r["runs"]))
+    for key, r in res["variants"].items():
+        if r.get("rps_per_gateway_core"):
+            print(f"server.workers: {key}: {r['rps_per_gateway_core']:.0f} req/s per core used by the gateway")
+    if "ratio_rps_2_to_1" in res:
+        print(f"ratio workers 2 / workers 1: {res['ratio_rps_2_to_1']:.2f}x req/s", end="")
+        if res.get("efficiency_per_gateway_core_2_to_1"):
+            print(f" (per gateway core: {res['efficiency_per_gateway_core_2_to_1']:.2f}, i.e. about "
+                  f"{2 * res['efficiency_per_gateway_core_2_to_1']:.2f}x if the two workers had both cores to themselves)")
+        else:
+            print()
+    print()
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -770,7 +967,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="measurements per target; the median by req/s is reported (default 1)")
     ap.add_argument("--idle-wait", type=float, default=60.0,
                     help="before each measurement wait up to this many seconds for other processes to leave the CPUs idle (default 60; 0: don't)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,memory (no target checks except memory)")
+    ap.add_argument("--workers", action="store_true",
+                    help="also compare server.workers: 1 and 2 on the RS256 route (everything on CPUs 0,1)")
+    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,memory,workers (no target checks except memory)")
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -879,6 +1078,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["wrk_output"] = {k: rows[k].get("raw") for k in order if k in rows}
 
         checks = check_targets(rows, nginx_rps, args.connections) if not only else []
+
+        if args.workers or "workers" in only:
+            try:
+                wres = workers_test(procs, tmp, args, public_pem, tokens["rs"])
+                results["workers"] = {k: v for k, v in wres.items() if k != "variants"}
+                results["workers"]["variants"] = {k: {kk: vv for kk, vv in v.items() if kk != "raw"}
+                                                  for k, v in wres["variants"].items()}
+                results["wrk_output_workers"] = {k: v.get("raw") for k, v in wres["variants"].items()}
+                print_workers(wres)
+            except Exception as exc:  # noqa: BLE001
+                log(f"workers comparison failed: {exc}")
+                results["workers"] = {"error": str(exc)}
+                exit_code = 1
 
         if args.memory and (not only or "memory" in only):
             try:

@@ -87,7 +87,7 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
             print(line, file=sys.stderr)
         return 1
     try:
-        sockets = bind(config.server.listen)
+        sockets = bind(config.server.listen, reuse_port=config.server.workers > 1 and config.server.reuse_port)
         admin_sockets = bind(config.server.admin_listen) if config.server.admin_listen is not None else None
     except OSError as exc:
         print(f"{path}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
@@ -107,8 +107,20 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
 
         multiprocess.mark_process_dead(pid, metrics_dir)
 
+    # With server.reuse_port each worker listens on a socket of its own (SO_REUSEPORT), so the kernel
+    # spreads new connections evenly; with one shared socket (the default) whichever worker wakes
+    # first takes a whole burst, but connections waiting to be accepted survive a worker's crash.
+    host, port = config.server.listen[0], sockets[0].getsockname()[1]
+    own_sockets = config.server.reuse_port and _reuse_port_supported(host, port)
+    if own_sockets:
+        for sock in sockets:
+            sock.close()
+
     def worker(index: int) -> int:
         # A restarted worker reads the file as it is now (it may have been reloaded since start).
+        worker_sockets = sockets
+        if own_sockets:
+            worker_sockets = netutil.bind_sockets(port, address=host, backlog=1024, reuse_port=True)
         current_file, current = from_file, config
         try:
             current_file = load(path)
@@ -116,7 +128,8 @@ def cmd_serve(path: str, listen: Optional[str], admin_listen: Optional[str]) -> 
         except ConfigError as exc:
             log.error("worker %d: %s is invalid now; starting with the last good config:\n  %s",
                       index, path, "\n  ".join(exc.errors))
-        return run(Server(current, path, sockets, admin_sockets, worker=index, file_config=current_file).serve)
+        return run(Server(current, path, worker_sockets, admin_sockets, worker=index,
+                          file_config=current_file).serve)
 
     try:
         return supervise(config.server.workers, worker, on_exit)
@@ -164,7 +177,23 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def bind(address: tuple[str, int]) -> list[socket.socket]:
+def _reuse_port_supported(host: str, port: int) -> bool:
+    """Whether workers can each bind (host, port) with SO_REUSEPORT next to the parent's socket."""
+    try:
+        probe = netutil.bind_sockets(port, address=host, reuse_port=True)
+    except (OSError, ValueError):
+        return False
+    for sock in probe:
+        sock.close()
+    return True
+
+
+def bind(address: tuple[str, int], reuse_port: bool = False) -> list[socket.socket]:
+    if reuse_port:
+        try:
+            return netutil.bind_sockets(address[1], address=address[0], backlog=1024, reuse_port=True)
+        except ValueError:  # the platform has no SO_REUSEPORT: the workers share one socket
+            pass
     return netutil.bind_sockets(address[1], address=address[0], backlog=1024)
 
 

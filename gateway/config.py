@@ -63,6 +63,7 @@ class ServerConfig:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a keep-alive connection with no request is closed
     header_timeout: float = DEFAULT_HEADER_TIMEOUT  # a client must send its request head within this
     max_connections: int = 0  # open client connections per process; 0 = no cap
+    reuse_port: bool = False  # workers: a socket each (even spread) instead of one shared (survives a crash)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,7 @@ SERVER_KEYS = (
     "idle_timeout",
     "header_timeout",
     "max_connections",
+    "reuse_port",
 )
 SESSION_KEYS = ("secret", "previous_secrets", "cookie_name", "lifetime", "store")
 PROVIDER_KEYS = ("issuer", "client_id", "client_secret", "scopes", "groups_claim", "display_name")
@@ -777,6 +778,10 @@ class _Loader:
                 seconds = self.get_duration(node, f"server: {key}", positive=True)
                 if seconds is not _BAD:
                     values[key] = seconds
+        if (node := value("reuse_port")) is not None:
+            flag = self.get_bool(node, "server: reuse_port")
+            if flag is not _BAD:
+                values["reuse_port"] = flag
         if (node := value("max_connections")) is not None:
             raw = self.get_number(node)
             if raw is not _BAD:

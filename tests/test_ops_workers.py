@@ -159,3 +159,31 @@ def test_restarted_worker_runs_the_reloaded_config(gw, upstream):
     wait_until(lambda: listening_lines(gw) == 4, timeout=10)
     statuses = [request(gw.url, "GET", f"/extra/{i}").status for i in range(10)]
     assert statuses == [200] * 10
+
+
+def test_reuse_port_gives_each_worker_its_own_socket_and_spreads_connections():
+    """``server.reuse_port: true``: both workers accept (the kernel spreads connections), all succeed."""
+    upstream = Upstream("workers-reuseport").start()
+    gw = GatewayProcess(config(upstream.url).replace("  workers: 2\n", "  workers: 2\n  reuse_port: true\n"))
+    try:
+        gw.start()
+        wait_ready(gw.admin_url)
+        pids = worker_pids(gw)
+        answered_by = set()
+        for _ in range(60):  # a new connection each time
+            r = request(gw.url, "GET", "/pub/x")
+            assert r.status == 200
+        # each worker owns a listening socket on the gateway's port
+        port = gw.url.rsplit(":", 1)[1]
+        for pid in pids:
+            inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            answered_by.add(pid if any(i.startswith("socket:") for i in inodes) else None)
+        assert None not in answered_by
+        listening = open("/proc/net/tcp").read().splitlines()[1:]
+        count = sum(1 for line in listening
+                    if line.split()[1].endswith(":%04X" % int(port)) and line.split()[3] == "0A")
+        assert count == 2, f"expected one listening socket per worker on port {port}, saw {count}"
+        assert metric_sum(gw.admin_url, "gateway_requests_total") >= 60
+    finally:
+        stop_gateway(gw)
+        upstream.stop()
