@@ -10,12 +10,18 @@ front of:
   parsing whatever follows on that connection as the next request; every request
   head it parses is recorded with the number of the connection it came on.
 
-Every case here failed before the hardening commit (f95b323) and passes with it.
+Every test here fails against the gateway/ of the commit before the hardening (f95b323)
+and passes with it, except ``test_slow_client_then_fast_requests``: the slow-download
+scenario of the review, kept as an end-to-end check, does not by itself end an answer
+while the upstream connection is paused (that needs the last chunk to be the one that
+crosses the gateway's HIGH_WATER); ``test_connection_paused_on_its_last_chunk_is_resumed_before_reuse``
+drives exactly that and fails without the fix.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -26,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import jwt
 import pytest
 
-from support.e2e import request, wait_ready, wait_until
+from support.e2e import request, wait_ready
 from support.gateway_proc import GatewayProcess
 from support.upstream import Upstream
 
@@ -216,6 +222,7 @@ class Env:
     echo: Upstream
     slow: Upstream
     raw: RawUpstream
+    paced: socket.socket  # listener of the test-driven upstream of route "paced"
 
     @property
     def addr(self) -> Tuple[str, int]:
@@ -269,6 +276,12 @@ routes:
     strip_prefix: true
     timeout: 2s
     auth: public
+  - name: paced
+    path: /paced
+    upstream: http://127.0.0.1:{e.paced.getsockname()[1]}
+    strip_prefix: true
+    timeout: 10s
+    auth: public
   - name: root
     path: /
     upstream: {e.echo.url}
@@ -287,6 +300,11 @@ def env():
         started.append(e.slow)
         e.raw = RawUpstream().start()
         started.append(e.raw)
+        e.paced = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        e.paced.bind(("127.0.0.1", 0))
+        e.paced.listen(16)
+        e.paced.settimeout(5)
+        started.append(e.paced)  # socket.close() on the way out
         e.gw = GatewayProcess(config_text(e))
         e.gw.start()
         started.append(e.gw)
@@ -294,7 +312,7 @@ def env():
         yield e
     finally:
         for thing in reversed(started):
-            thing.stop()
+            thing.close() if isinstance(thing, socket.socket) else thing.stop()
 
 
 # --------------------------------------------------------------------------- 1. smuggling via the pool
@@ -485,7 +503,8 @@ def test_bad_host_headers_refused(env, host):
 # --------------------------------------------------------------------------- 8. slow client, then the pool
 
 
-def test_connection_paused_for_a_slow_client_is_usable_again(env):
+def test_slow_client_then_fast_requests(env):
+    """An 8 MB download read at 2 MB/s, then five fast requests on new client connections."""
     total = 8 * 1024 * 1024
     rate = 2 * 1024 * 1024  # bytes per second
     host, port = env.addr
@@ -532,6 +551,175 @@ def test_connection_paused_for_a_slow_client_is_usable_again(env):
         assert r.status == 200, r.body
         assert r.json()["path"] == f"/ping{i}"
         assert elapsed < 2.0, f"ping {i} took {elapsed:.2f}s"
+
+
+LOOPBACK_HEX = ("0100007F", "7F000001")  # 127.0.0.1 as /proc/net/tcp prints it (either byte order)
+
+
+def tcp_queues() -> Dict[Tuple[int, int], Tuple[int, int]]:
+    """(local port, remote port) -> (tx_queue, rx_queue) of every established 127.0.0.1 TCP socket."""
+    out: Dict[Tuple[int, int], Tuple[int, int]] = {}
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            f = line.split()
+            local, remote, state, queues = f[1], f[2], f[3], f[4]
+            if state != "01" or local.split(":")[0] not in LOOPBACK_HEX or remote.split(":")[0] not in LOOPBACK_HEX:
+                continue
+            tx, rx = (int(x, 16) for x in queues.split(":"))
+            out[(int(local.split(":")[1], 16), int(remote.split(":")[1], 16))] = (tx, rx)
+    return out
+
+
+def serve_pongs(listener: socket.socket, conns: List[socket.socket], stop: threading.Event) -> None:
+    """Answer every request on ``conns`` (and on newly accepted connections) with a 200 "pong"."""
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        buf = b""
+        while not stop.is_set():
+            try:
+                data = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\npong")
+                except OSError:
+                    return
+
+    for conn in conns:
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        conns.append(conn)
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net/tcp")
+def test_connection_paused_on_its_last_chunk_is_resumed_before_reuse(env):
+    """Deterministic form of case 8: the chunk that pushes the client's write buffer past
+    HIGH_WATER (so the upstream connection is paused) is also the end of the answer, so
+    the connection goes back to the pool while paused. The next request on it must not hang.
+
+    The test is the upstream here: it sends one chunk at a time (each < 64 KB, so the
+    gateway reads it in one go), measures how much the gateway holds in its own buffer
+    for the stalled client (what it wrote minus what sits in the kernel's socket
+    queues, from /proc/net/tcp), and sends the last chunk + terminator only when that
+    chunk alone crosses HIGH_WATER.
+    """
+    from gateway.proxy import HIGH_WATER
+
+    host, gw_port = env.addr
+    up_port = env.paced.getsockname()[1]
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    client.settimeout(10)
+    client.connect((host, gw_port))
+    client_port = client.getsockname()[1]
+    conns: List[socket.socket] = []
+    stop = threading.Event()
+    try:
+        client.sendall(f"GET /paced/download HTTP/1.1\r\nHost: {host}:{gw_port}\r\n\r\n".encode())
+        up, peer = env.paced.accept()
+        conns.append(up)
+        gw_up_port = peer[1]
+        up.settimeout(5)
+        req = b""
+        while b"\r\n\r\n" not in req:
+            data = up.recv(65536)
+            assert data, "gateway closed the upstream connection"
+            req += data
+        assert req.startswith(b"GET /download "), req[:100]
+        up.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                   b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = client.recv(4096)
+            assert data, "gateway closed the client connection"
+            head += data
+        head, rest = head.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        gw_chunked = b"transfer-encoding: chunked" in head.lower()
+        consumed = len(rest)  # body bytes of the gateway's answer the client has read (0 from here on)
+        written = 0  # body bytes (with the gateway's chunk framing) the gateway has written toward the client
+
+        def settle() -> None:
+            deadline = time.monotonic() + 5
+            while True:
+                q = tcp_queues()
+                if q.get((gw_up_port, up_port), (0, 1))[1] == 0 and q.get((up_port, gw_up_port), (1, 0))[0] == 0:
+                    break
+                assert time.monotonic() < deadline, "the gateway stopped reading the upstream too early"
+                time.sleep(0.001)
+            time.sleep(0.004)  # let the gateway hand the chunk to the client stream
+
+        def held_by_gateway() -> int:
+            q = tcp_queues()
+            return written - consumed - q[(gw_port, client_port)][0] - q[(client_port, gw_port)][1]
+
+        def send_chunk(size: int, last: bool = False) -> None:
+            nonlocal written
+            up.sendall(f"{size:x}\r\n".encode() + b"\0" * size + b"\r\n" + (b"0\r\n\r\n" if last else b""))
+            written += size + (len(f"{size:x}") + 4 if gw_chunked else 0)
+
+        # Fill up to a little below HIGH_WATER with chunks that cannot cross it; the estimate may be
+        # off by what the kernel still takes, hence the margin the last chunk goes beyond HIGH_WATER.
+        piece, margin = 60_000, 30_000
+        for _ in range(1000):
+            settle()
+            held = held_by_gateway()
+            last = HIGH_WATER - held + margin
+            if last <= piece:
+                break
+            send_chunk(min(piece, last - 50_000))
+        else:
+            pytest.fail("the gateway's client buffer never approached HIGH_WATER")
+        send_chunk(last, last=True)  # crosses HIGH_WATER and ends the answer, in one read
+        settle()  # the gateway has taken it before the client reads anything
+
+
+        # the client now reads the whole answer
+        tail = rest[-16:]
+        deadline = time.monotonic() + 10
+        while not (tail.endswith(b"0\r\n\r\n") if gw_chunked else False):
+            assert time.monotonic() < deadline, "download did not complete"
+            data = client.recv(65536)
+            if not data:
+                break
+            tail = (tail + data)[-16:]
+    finally:
+        client.close()
+
+    server = threading.Thread(target=serve_pongs, args=(env.paced, conns, stop), daemon=True)
+    server.start()
+    try:
+        for i in range(5):
+            t0 = time.monotonic()
+            try:
+                r = env.send("GET", f"/paced/ping{i}", timeout=2)
+            except OSError as exc:
+                pytest.fail(f"ping {i} after the paused answer: {exc!r} after {time.monotonic() - t0:.1f}s")
+            elapsed = time.monotonic() - t0
+            assert (r.status, r.body) == (200, b"pong"), (r.status, r.body[:200])
+            assert elapsed < 2.0, f"ping {i} took {elapsed:.2f}s"
+    finally:
+        stop.set()
+        server.join(2)
+        for conn in conns:
+            conn.close()
 
 
 # --------------------------------------------------------------------------- 9. one deadline across the retry
