@@ -24,17 +24,33 @@ RESTART_BACKOFF = 1.0  # seconds between restarts of a worker that keeps dying
 MAX_RAPID_RESTARTS = 20
 
 
+def _stop_with_parent(parent: int) -> None:
+    """Ask Linux to send this worker SIGTERM when the supervisor dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(count: int, run_worker: Callable[[int], int], on_exit: Callable[[int], None] = lambda pid: None) -> int:
     """Fork ``count`` workers running ``run_worker(index)``; return the exit status for the parent."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
     rapid_restarts = 0
 
+    parent = os.getpid()
+
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            _stop_with_parent(parent)
             status = 1
             try:
                 status = run_worker(index)
