@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from typing import Any, Mapping, Optional
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from tornado import httputil
 
@@ -408,11 +408,4 @@ def _cookie_map(request: httputil.HTTPServerRequest) -> dict[str, str]:
 
 def _consteq(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def login_url(rd: str, provider: Optional[str] = None) -> str:
-    query = {"rd": rd}
-    if provider:
-        query["provider"] = provider
-    return "/oauth2/start?" + urlencode(query, quote_via=quote)
 

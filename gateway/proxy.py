@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 from tornado import httputil, ioloop
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
-from tornado.locks import Event
 from tornado.queues import Queue
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError, SimpleAsyncHTTPClient
 
@@ -291,7 +290,6 @@ class Exchange:
         self._timed_out = False
         self._head_flush_pending = False
         self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
-        self._body_done = Event()
         self._curl: Any = None
         self._curl_paused = False
         self._pending: collections.deque[bytes] = collections.deque()
