@@ -53,7 +53,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import SessionConfig
+from gateway.discovery import safe_url
 
 log = logging.getLogger("gateway.sessions")
 
@@ -544,14 +545,7 @@ class CookieSessionStore(SessionStore):
 # Redis backend
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its user info (password), fit for a log line or an error."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+redact_url = safe_url  # a Redis URL without its password, fit for a log line or an error
 
 
 _UNLOCK_SCRIPT = """
