@@ -171,9 +171,11 @@ class Balancer:
         self.urls = tuple(urls)
         self._counter = itertools.count()
 
-    def order(self) -> list[str]:
+    def order(self) -> "tuple[str, ...]":
+        if len(self.urls) == 1:
+            return self.urls
         start = next(self._counter) % len(self.urls)
-        return list(self.urls[start:] + self.urls[:start])
+        return self.urls[start:] + self.urls[:start]
 
 
 def connection_tokens(headers: httputil.HTTPHeaders) -> set[str]:

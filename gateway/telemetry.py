@@ -110,6 +110,16 @@ class AccessLog:
     def __init__(self, stream: Optional[IO[str]] = None):
         self.stream = stream or sys.stdout
         self._flush_scheduled = False
+        self._second = -1
+        self._stamp = ""
+
+    def _now(self) -> str:
+        """The current UTC second, formatted once per second rather than once per request."""
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + "Z"
+        return self._stamp
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -120,7 +130,7 @@ class AccessLog:
 
     def write(self, scope: RequestScope, status: int, nbytes: int, duration: float) -> None:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+            "time": self._now(),
             "request_id": scope.request_id,
             "client_ip": scope.client_ip,
             "method": scope.method,
