@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from typing import Any, Mapping, Optional
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from tornado import httputil
 
@@ -43,6 +43,9 @@ LOGIN_STATE_TTL = 600.0
 MAX_PENDING_LOGINS = 3
 REFRESH_BEFORE = 60.0  # refresh this long before the access token expires
 REFRESH_WAIT = 10.0
+REACHABLE_TIMEOUT = 2.0  # seconds to connect to the provider before a login redirect
+REACHABLE_OK_FOR = 10.0  # a successful check is trusted this long
+REACHABLE_DOWN_FOR = 2.0  # a failed one this long
 
 
 class LoginManager:
@@ -66,6 +69,7 @@ class LoginManager:
             for name, provider in config.providers.items()
         }
         self._refreshing: dict[str, asyncio.Future] = {}
+        self._reachable: dict[str, tuple[float, bool]] = {}  # provider -> (valid until, reachable)
 
     async def start(self) -> None:
         for client in self.clients.values():
@@ -126,6 +130,7 @@ class LoginManager:
         verifier, challenge = new_pkce()
         try:
             url = await client.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
+            await self._check_reachable(client)
         except ProviderUnavailable as exc:
             log.warning("provider %s unavailable: %s", name, exc.description)
             return handler.fail(503, f"provider {name} unavailable",
@@ -141,6 +146,33 @@ class LoginManager:
         handler.set_header("Cache-Control", "no-store")
         handler.scope.reason = "login required"
         handler.redirect(url)
+
+    async def _check_reachable(self, client: OIDCClient) -> None:
+        """Is the provider up? A cached TCP connect to its token endpoint (which the callback needs).
+
+        Discovery is cached for an hour, so without this a provider that went down
+        afterwards would get the browser redirected into a connection error instead
+        of a 503 page that offers to try again.
+        """
+        now = time.monotonic()
+        checked = self._reachable.get(client.name)
+        if checked is not None and now < checked[0]:
+            if not checked[1]:
+                raise ProviderUnavailable("the provider is not reachable", "unreachable")
+            return
+        endpoint = (await client.metadata()).get("token_endpoint", "")
+        parts = urlsplit(endpoint)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+        ok = True
+        if host:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REACHABLE_TIMEOUT)
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                ok = False
+        self._reachable[client.name] = (now + (REACHABLE_OK_FOR if ok else REACHABLE_DOWN_FOR), ok)
+        if not ok:
+            raise ProviderUnavailable("the provider is not reachable", "unreachable")
 
     def _evict_pending(self, handler: Any) -> None:
         """Keep at most MAX_PENDING_LOGINS - 1 older pending logins, dropping the oldest."""
