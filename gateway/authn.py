@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from tornado import httputil
 
-from .config import AUTH_LOGIN, AUTH_PUBLIC, RouteConfig
+from .config import AUTH_LOGIN, RouteConfig
 from .models import AuthError, Identity
 from .tokens import TokenVerifier, bearer_from_header
 
@@ -58,7 +58,4 @@ class Authenticator:
             if identity is not None:
                 return AuthResult(identity=identity)
         return AuthResult()
-
-    def needs_auth(self, route: RouteConfig) -> bool:
-        return route.auth != AUTH_PUBLIC
 

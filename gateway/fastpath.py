@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from tornado import httputil
 
 from . import forwarded
-from .config import AUTH_LOGIN, AUTH_PUBLIC
+from .config import AUTH_PUBLIC
 from .models import Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers
+from .proxy import Exchange, UpstreamError, forwarded_request_headers, retrieve_outcome
 from .routing import BadPath, Match, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 from .tokens import bearer_from_header
@@ -72,7 +72,7 @@ class FastResponse:
         if self.finished:
             return
         if not self.headers_written or self._chunks:
-            self.flush().add_done_callback(_retrieve)
+            self.flush().add_done_callback(retrieve_outcome)
         self.finished = True
         assert self.request.connection is not None
         self.request.connection.finish()
@@ -135,8 +135,6 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             identity = runtime.verifier.verify_cached(raw)
             if identity is None or not authorize(route.allow, identity, method).allowed:
                 return None
-        elif route.auth == AUTH_LOGIN:  # pragma: no cover - public is checked above
-            return None
         return runtime, match, identity
 
     def _hand_over(self, request: httputil.HTTPServerRequest, start_line: Any, headers: Any) -> Any:
@@ -267,8 +265,3 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         if self.exchange is not None and self.running:
             self.exchange.abort()
             self.scope.reason = self.scope.reason or "client closed the connection"
-
-
-def _retrieve(fut: Any) -> None:
-    if not fut.cancelled():
-        fut.exception()

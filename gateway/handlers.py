@@ -24,7 +24,7 @@ from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers, identity_value
+from .proxy import Exchange, UpstreamError, forwarded_request_headers, identity_value, retrieve_outcome
 from .routing import BadPath, Match, MethodNotAllowed, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 
@@ -264,7 +264,7 @@ class ProxyHandler(GatewayHandler):
             limit = route.max_body_size if route.max_body_size is not None else self.runtime.config.server.max_body_size
             self._body_limit = limit or 0
             self._running = asyncio.ensure_future(self.exchange.run())
-            self._running.add_done_callback(_retrieve)
+            self._running.add_done_callback(retrieve_outcome)  # awaited by _proxy too
 
     def data_received(self, chunk: bytes) -> Any:
         if self.exchange is None or self._finished:
@@ -340,12 +340,6 @@ class ProxyHandler(GatewayHandler):
             self._counted = False
             self.gateway.metrics.in_flight.dec()
         super().on_connection_close()
-
-
-def _retrieve(fut: "asyncio.Future[None]") -> None:
-    """The request's own coroutine awaits this too; only mark the outcome as seen."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _content_length(value: Optional[str]) -> Optional[int]:

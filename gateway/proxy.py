@@ -90,8 +90,8 @@ CURL_TIMEOUT_CODES = frozenset({28})  # CURLE_OPERATION_TIMEDOUT
 CURL_CONNECT_CODES = frozenset({6, 7})  # CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT
 
 
-def _retrieve(fut: Any) -> None:
-    """Mark a flush future's outcome as seen; a client that left is noticed elsewhere."""
+def retrieve_outcome(fut: Any) -> None:
+    """Mark a future's outcome as seen (no "exception never retrieved"); failures are handled elsewhere."""
     if not fut.cancelled():
         fut.exception()
 
@@ -312,9 +312,7 @@ class Exchange:
 
     def end_body(self) -> None:
         if self._body_queue is not None:
-            self._body_queue.put_nowait(None) if not self._body_queue.full() else ioloop.IOLoop.current().add_callback(
-                self._body_queue.put, None
-            )
+            self._body_queue.put(None)  # at once, or as soon as the upload queue has room
 
     async def _produce(self, write: Callable[[bytes], Awaitable[None]]) -> None:
         assert self._body_queue is not None
@@ -657,7 +655,7 @@ class Exchange:
             self._client_gone = True
             self._write_error = exc
             return
-        fut.add_done_callback(_retrieve)
+        fut.add_done_callback(retrieve_outcome)
         if self._unflushed > HIGH_WATER and not self._waiting_drain:
             self._pause_upstream()
 

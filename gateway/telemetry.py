@@ -79,9 +79,6 @@ class Metrics:
         )
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now.", registry=r,
                                multiprocess_mode="livesum")
-        self.token_cache_hits = Counter(
-            "gateway_token_cache_hits", "Bearer tokens answered from the verified-token cache.", registry=r
-        )
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process's registry, or every worker's when there are several."""
