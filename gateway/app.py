@@ -1,172 +1,47 @@
-"""Wiring: a validated Config becomes a running gateway (proxy app and admin app).
+"""The proxy port's Tornado application: every request enters through the fast delegate.
 
-``Runtime`` is everything compiled from one config (route table, balancers,
-token verifier); ``Gateway`` holds the current Runtime plus what outlives a
-reload (HTTP clients, metrics, the access log). A reload builds a new
-Runtime and swaps it in with one assignment, so requests already running
-keep the one they started with. Tests call ``make_app`` too.
+There is no regex routing table: ``FastDelegate`` accepts and routes each
+request through ``pipeline`` (the gateway's own ``/oauth2`` endpoints on the
+normalised path included) and asks ``handler_for`` which handler takes what
+it does not answer itself. Tests and ``server`` call ``make_app``.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import IO, Any, Optional
+from typing import Any, Union
 
-from tornado import web
-from tornado.routing import Rule
-from tornado.httpclient import AsyncHTTPClient
-from tornado.simple_httpclient import SimpleAsyncHTTPClient
+from tornado import httputil, web
 
-from .authn import Authenticator
-from .config import Config
-from .discovery import DiscoveryCache
+from .answers import Refusal
 from .fastpath import FastDelegate
-from .handlers import (
-    CallbackHandler, ForwardAuthHandler, MetricsHandler, NotFoundHandler, PingHandler, ProxyHandler, ReadyHandler,
-    SignOutHandler, StartHandler, UserInfoHandler, log_request,
-)
-from . import jwks as _jwks
-from .proxy import Balancer, Clients
-from .routing import RouteTable
-from .telemetry import AccessLog, Metrics
-from .tokens import TokenVerifier
-from .websocket import UpgradeMatcher, WebSocketRelay
-
-log = logging.getLogger("gateway")
+from .handlers import OWN_HANDLERS, ProxyHandler, RefusalHandler, log_request
+from .pipeline import OwnEndpoint
+from .routing import Match
+from .runtime import Gateway
+from .websocket import WebSocketRelay
 
 
-class Runtime:
-    """Everything derived from one config; never mutated after construction."""
-
-    def __init__(self, config: Config, http_client: AsyncHTTPClient):
-        self.config = config
-        self.routes = RouteTable(config.routes)
-        self.balancers = {route.name: Balancer(route.upstreams) for route in config.routes}
-        # Bearer tokens and ID tokens of one issuer share discovery and key caches.
-        self.discovery = DiscoveryCache(http_client)
-        registry = getattr(_jwks, "JWKSRegistry", None)
-        self.jwks = registry(http_client) if registry else None
-        extra = {"jwks_registry": self.jwks} if self.jwks is not None else {}
-        self.verifier = TokenVerifier(config.tokens, http_client, discovery=self.discovery, **extra)
-        self.login: Any = None
-        if config.providers:
-            from .login import LoginManager
-
-            self.login = LoginManager(config, http_client, self.jwks, self.discovery)
-        self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None)
-
-    async def start(self) -> None:
-        await self.verifier.start()
-        if self.login is not None:
-            await self.login.start()
-
-    async def readiness(self) -> list[str]:
-        problems = []
-        if not await self.verifier.ready():
-            problems.append("token signing keys not loaded yet")
-        if self.login is not None:
-            problems.extend(await self.login.readiness())
-        return problems
-
-    async def close(self) -> None:
-        await self.verifier.close()
-        if self.login is not None:
-            await self.login.close()
-        if self.jwks is not None:
-            await self.jwks.close()
-
-
-class Gateway:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        http_client: Optional[AsyncHTTPClient] = None,
-        clients: Optional[Clients] = None,
-        access_log: Optional[AccessLog] = None,
-        log_stream: Optional[IO[str]] = None,
-    ):
-        # Identity-provider traffic (JWKS, discovery, code exchange) gets its own client,
-        # so a slow provider never queues behind proxied requests.
-        self.http = http_client or SimpleAsyncHTTPClient(force_instance=True, max_clients=64)
-        self.clients = clients or Clients()
-        self.metrics = Metrics()
-        self.access_log = access_log or AccessLog(log_stream)
-        self.runtime = Runtime(config, self.http)
-        self.websockets: set = set()
-        self.active: set = set()  # proxy handlers with a request in flight
-        self._by_session: dict[str, set] = {}
-
-    @property
-    def config(self) -> Config:
-        return self.runtime.config
-
-    async def start(self) -> None:
-        await self.runtime.start()
-
-    async def readiness(self) -> list[str]:
-        """What is not ready yet; an empty list means ready."""
-        return await self.runtime.readiness()
-
-    def track_websocket(self, session_id: Optional[str], socket: Any) -> None:
-        self.websockets.add(socket)
-        if session_id:
-            self._by_session.setdefault(session_id, set()).add(socket)
-
-    def untrack_websocket(self, session_id: Optional[str], socket: Any) -> None:
-        self.websockets.discard(socket)
-        if session_id and session_id in self._by_session:
-            self._by_session[session_id].discard(socket)
-            if not self._by_session[session_id]:
-                del self._by_session[session_id]
-
-    def sessions_ended(self, session_id: str) -> None:
-        """A session was signed out: close the WebSockets it opened (policy violation, 1008)."""
-        for socket in list(self._by_session.pop(session_id, ())):
-            socket.close(1008, "session ended")
-
-    def close_websockets(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
-        """Close both legs of every relayed WebSocket (going away, 1001, on shutdown)."""
-        for socket in list(self.websockets):
-            socket.close_both(code, reason)
-
-    async def close(self) -> None:
-        await self.runtime.close()
-        self.clients.close()
-        self.http.close()
-
-
-def make_app(gateway: Gateway) -> web.Application:
-    """The proxy-port application: /oauth2/* endpoints, then everything else to the routes."""
-    kwargs = {"gateway": gateway}
-    handlers: list[Any] = [
-        (r"/oauth2/start", StartHandler, {"gateway": gateway}),
-        (r"/oauth2/callback", CallbackHandler, {"gateway": gateway}),
-        (r"/oauth2/sign_out", SignOutHandler, {"gateway": gateway}),
-        (r"/oauth2/userinfo", UserInfoHandler, {"gateway": gateway}),
-        (r"/oauth2/auth", ForwardAuthHandler, {"gateway": gateway}),
-        (r"/oauth2(?:/.*)?", NotFoundHandler, {"gateway": gateway}),
-        Rule(UpgradeMatcher(), WebSocketRelay, kwargs),
-        (r".*", ProxyHandler, kwargs),
-    ]
-    return GatewayApplication(gateway, handlers, log_function=log_request, compress_response=False,
-                              xsrf_cookies=False)
+def handler_for(found: Union[Match, OwnEndpoint, Refusal], upgrade: bool) -> type:
+    """Which handler takes a request the fast delegate hands over."""
+    if isinstance(found, OwnEndpoint):
+        return OWN_HANDLERS[found.name]
+    if isinstance(found, Refusal):
+        return RefusalHandler
+    return WebSocketRelay if upgrade else ProxyHandler
 
 
 class GatewayApplication(web.Application):
-    """Every request starts on the fast path, which hands anything unusual to the routes above."""
+    """Every request starts on the fast path (``FastDelegate``), which hands the rest to a handler."""
 
-    def __init__(self, gateway: Gateway, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, gateway: Gateway, **kwargs: Any):
+        super().__init__([], **kwargs)
         self.gateway = gateway
 
-    def start_request(self, server_conn: object, request_conn: Any) -> Any:
+    handler_for = staticmethod(handler_for)
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> Any:
         return FastDelegate(self, self.gateway, server_conn, request_conn)
 
 
-def make_admin_app(gateway: Gateway) -> web.Application:
-    kwargs = {"gateway": gateway}
-    return web.Application(
-        [(r"/ping", PingHandler, kwargs), (r"/ready", ReadyHandler, kwargs), (r"/metrics", MetricsHandler, kwargs)],
-        log_function=lambda handler: None,
-    )
+def make_app(gateway: Gateway) -> web.Application:
+    return GatewayApplication(gateway, log_function=log_request, compress_response=False, xsrf_cookies=False)

@@ -1,23 +1,23 @@
 """Authentication: who is calling? A bearer token first, then (for login routes) the session.
 
-Runs after route matching and before policy. Like oauth2-proxy's JWT session
-loader, a bearer token that is present but invalid is an outright 401: the
-gateway never falls back to a session cookie to rescue a bad token.
+Runs after route matching and before policy, on plain inputs (the
+Authorization header and the request's cookies). Like oauth2-proxy's JWT
+session loader, a bearer token that is present but invalid is an outright
+401: the gateway never falls back to a session cookie to rescue a bad token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Mapping, Optional, Tuple
 
-from tornado import httputil
-
+from .answers import Cookies
 from .config import AUTH_LOGIN, RouteConfig
 from .models import AuthError, Identity
 from .tokens import TokenVerifier, bearer_from_header
 
-# (handler, route) -> identity; gets the handler because a refresh re-sets the session cookie.
-SessionLoader = Callable[[Any, Optional[RouteConfig]], Awaitable[Optional[Identity]]]
+# (cookies, route) -> (identity, cookie updates a refresh made)
+SessionLoader = Callable[[Mapping[str, str], Optional[RouteConfig]], Awaitable[Tuple[Optional[Identity], Cookies]]]
 
 
 @dataclass
@@ -25,15 +25,7 @@ class AuthResult:
     identity: Optional[Identity] = None
     error: Optional[AuthError] = None  # a credential was sent and refused
     token_sent: bool = False
-
-
-def is_browser(headers: httputil.HTTPHeaders) -> bool:
-    """A page load by a person: accepts HTML and is not a script's XHR/fetch."""
-    if "text/html" not in headers.get("Accept", ""):
-        return False
-    if headers.get("X-Requested-With"):
-        return False
-    return headers.get("Sec-Fetch-Mode", "").lower() != "cors"
+    cookies: Cookies = ()  # session cookie updates to send with the answer (a refresh)
 
 
 class Authenticator:
@@ -41,11 +33,14 @@ class Authenticator:
         self.verifier = verifier
         self.session_loader = session_loader
 
-    async def authenticate(self, handler: Any, route: Optional[RouteConfig]) -> AuthResult:
-        """Bearer token on any route; the login session only where the route takes one."""
-        request = handler.request
+    async def authenticate(self, authorization: Optional[str], cookies: Callable[[], Mapping[str, str]],
+                           route: Optional[RouteConfig]) -> AuthResult:
+        """Bearer token on any route; the login session only where the route takes one.
+
+        ``cookies`` is called only when the session is consulted, so token calls never parse them.
+        """
         try:
-            raw = bearer_from_header(request.headers.get("Authorization"))
+            raw = bearer_from_header(authorization)
         except AuthError as exc:
             return AuthResult(error=exc, token_sent=True)
         if raw is not None:
@@ -54,8 +49,6 @@ class Authenticator:
             except AuthError as exc:
                 return AuthResult(error=exc, token_sent=True)
         if self.session_loader is not None and (route is None or route.auth == AUTH_LOGIN):
-            identity = await self.session_loader(handler, route)
-            if identity is not None:
-                return AuthResult(identity=identity)
+            identity, ops = await self.session_loader(cookies(), route)
+            return AuthResult(identity=identity, cookies=ops)
         return AuthResult()
-

@@ -19,7 +19,7 @@ import textwrap
 
 from tornado import httpserver, netutil, web
 
-from .cli import Server, run
+from .server import Server, run
 from .config import ConfigError
 from .devidp import DevIdentityProvider
 from .loader import load

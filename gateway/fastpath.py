@@ -1,85 +1,51 @@
-"""The common case without a RequestHandler: a bodiless request that can be admitted at once.
+"""The proxy port's entry: every request starts here, on the bare HTTP/1.1 connection.
 
-Most traffic through an authentication proxy is GET/HEAD on a public route or
-with a bearer token the gateway verified moments ago. For those, building a
-Tornado ``RequestHandler`` (default headers, the ``_execute`` coroutine,
-ETag logic, ``finish``) costs more than the proxying itself, so
-``GatewayApplication`` gives them this delegate instead: it reads the same
-request path top to bottom (accept, match, authenticate from the verified-
-token cache, authorize, proxy, log) and writes straight to the HTTP/1.1
-connection. Anything else (a body, a WebSocket, ``/oauth2``, a login
-session, a token not yet verified, every refusal, every error page) is
-handed to the full ``ProxyHandler`` path before anything is written, so
-there is one implementation of each answer.
+``GatewayApplication`` gives each request this delegate instead of Tornado's
+router. It accepts and routes the request through ``pipeline`` (on the
+normalised path, so ``/%6Fauth2/...`` and ``//oauth2/...`` reach the
+gateway's own endpoints), then either:
+
+* answers it here, without a ``RequestHandler``: a bodiless GET/HEAD that
+  the pipeline can decide at once (a public route, a bearer token verified
+  moments ago, or a refusal such as 400/404/405), proxied or refused through
+  a ``ConnectionSink``; building a handler (default headers, ``_execute``,
+  ETag logic) costs more than the proxying itself for those;
+* or hands it, with the pipeline's route already decided, to the handler
+  that needs the full machinery: ``ProxyHandler`` (bodies, sessions, login
+  redirects), ``WebSocketRelay`` (upgrades) or an ``/oauth2`` endpoint.
+
+Either way the answers come from ``pages.render`` and the log line from
+``pipeline.record``: one implementation of each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tornado import httputil
 
-from . import forwarded
-from .config import AUTH_PUBLIC
-from .models import Identity
-from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers, retrieve_outcome
-from .routing import BadPath, Match, normalize_path, valid_host_header
-from .telemetry import RequestScope, request_id
-from .tokens import bearer_from_header
+from . import pipeline
+from .answers import Answer, Refusal
+from .forwarding import ConnectionSink, Exchange, UpstreamError
+from .pages import is_browser, render
+from .pipeline import Accepted, Admitted, OwnEndpoint, RequestHead
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .app import Gateway
-
-FAST_METHODS = frozenset({"GET", "HEAD"})
+    from .runtime import Gateway, Runtime
 
 
-class FastResponse:
-    """The part of a RequestHandler that ``proxy.Exchange`` writes to, on a bare connection."""
-
-    def __init__(self, request: httputil.HTTPServerRequest, request_id: str):
-        self.request = request
-        self.request_id = request_id
-        self.status = 200
-        self.reason = "OK"
-        self._headers = httputil.HTTPHeaders()
-        self._chunks: list[bytes] = []
-        self.headers_written = False
-        self.finished = False
-
-    def set_status(self, code: int, reason: str) -> None:
-        self.status, self.reason = code, reason
-
-    def write(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def flush(self) -> "Any":
-        if self.finished:
-            raise RuntimeError("response already finished")
-        chunk = b"".join(self._chunks)
-        self._chunks.clear()
-        conn = self.request.connection
-        assert conn is not None
-        if not self.headers_written:
-            self.headers_written = True
-            start = httputil.ResponseStartLine("HTTP/1.1", self.status, self.reason)
-            return conn.write_headers(start, self._headers, chunk)
-        return conn.write(chunk)
-
-    def finish(self) -> None:
-        if self.finished:
-            return
-        if not self.headers_written or self._chunks:
-            self.flush().add_done_callback(retrieve_outcome)
-        self.finished = True
-        assert self.request.connection is not None
-        self.request.connection.finish()
+def head_of(request: httputil.HTTPServerRequest) -> RequestHead:
+    return RequestHead(request.method or "GET", request.host, request.path, request.query, request.headers,
+                       peer=request.remote_ip or "", protocol=request.protocol, uri=request.uri)
 
 
 class FastDelegate(httputil.HTTPMessageDelegate):
-    """One request on the fast path, or a hand-over to the full handler."""
+    """One request: answered on the bare connection, or handed to the handler that takes it."""
+
+    exchange: Optional[Exchange] = None
+    running = False
+    nbytes = 0
 
     def __init__(self, app: Any, gateway: "Gateway", server_conn: object, request_conn: httputil.HTTPConnection):
         self.app = app
@@ -87,140 +53,92 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.server_conn = server_conn
         self.connection = request_conn
         self.fallback: Optional[httputil.HTTPMessageDelegate] = None
-        self.exchange: Optional[Exchange] = None
 
     def headers_received(
         self, start_line: Union[httputil.RequestStartLine, httputil.ResponseStartLine], headers: httputil.HTTPHeaders
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
         request = httputil.HTTPServerRequest(
-            connection=self.connection, server_connection=self.server_conn,
-            start_line=start_line, headers=headers,
+            connection=self.connection, server_connection=self.server_conn, start_line=start_line, headers=headers,
         )
         self.request = request
-        plan = self._admit(request)
-        if plan is None:
-            return self._hand_over(request, start_line, headers)
-        self._start(*plan)
-        return None
-
-    # -- accept, match, authenticate, authorize: or leave it to ProxyHandler ------
-
-    def _admit(self, request: httputil.HTTPServerRequest) -> Optional[tuple]:
-        method = request.method
-        headers = request.headers
-        if method not in FAST_METHODS or "Content-Length" in headers or "Transfer-Encoding" in headers:
-            return None
-        if "Upgrade" in headers or request.path.startswith("/oauth2"):
-            return None
         runtime = self.gateway.runtime
-        if not valid_host_header(request.host):
-            return None
-        try:
-            path = normalize_path(request.path)
-        except BadPath:
-            return None
-        match = runtime.routes.match(request.host, path, method)
-        if not isinstance(match, Match):
-            return None
-        route = match.route
-        identity: Optional[Identity] = None
-        if route.auth != AUTH_PUBLIC:
-            try:
-                raw = bearer_from_header(headers.get("Authorization"))
-            except Exception:
+        acc = pipeline.accept(head_of(request), runtime)
+        found = pipeline.route(acc, runtime)
+        fast = (request.method in pipeline.BODILESS and "Content-Length" not in headers
+                and "Transfer-Encoding" not in headers and "Upgrade" not in headers)
+        if fast and not isinstance(found, OwnEndpoint):
+            outcome = found if isinstance(found, Refusal) else pipeline.admit_now(acc, runtime, found)
+            if isinstance(outcome, Admitted):
+                self._proxy(acc, runtime, outcome)
                 return None
-            if raw is None:
-                return None  # a session, a login redirect or a 401: the full path decides
-            identity = runtime.verifier.verify_cached(raw)
-            if identity is None or not authorize(route.allow, identity, method).allowed:
+            if isinstance(outcome, Refusal):
+                self._refuse(acc, runtime, outcome)
                 return None
-        return runtime, match, identity
+        return self._hand_over(request, start_line, headers, acc, found)
 
-    def _hand_over(self, request: httputil.HTTPServerRequest, start_line: Any, headers: Any) -> Any:
-        self.fallback = self.app.find_handler(request)
+    def _hand_over(self, request: httputil.HTTPServerRequest, start_line: Any, headers: Any, acc: Accepted,
+                   found: Any) -> Any:
+        handler = self.app.handler_for(found, headers.get("Upgrade", "").lower() == "websocket")
+        kwargs = {"gateway": self.gateway, "accepted": acc, "found": found}
+        self.fallback = self.app.get_handler_delegate(request, handler, kwargs)
         return self.fallback.headers_received(start_line, headers)
 
-    # -- proxy ---------------------------------------------------------------------
+    # -- answered here ------------------------------------------------------------
 
-    def _start(self, runtime: Any, match: Any, identity: Optional[Identity]) -> None:
-        request = self.request
-        headers = request.headers
-        rid = request_id(headers.get("X-Request-Id"))
-        fwd = forwarded.resolve(
-            request.remote_ip or "", request.protocol, request.host, headers.get("X-Forwarded-For"),
-            headers.get("X-Forwarded-Proto"), headers.get("X-Forwarded-Host"), runtime.config.server.trusted_proxies,
-        )
-        route = match.route
-        self.scope = RequestScope(rid, fwd.client_ip, request.method or "GET", request.host, request.path)
-        self.scope.route = route.name
-        if identity is not None:
-            self.scope.user = identity.sub
-        upstream_headers = forwarded_request_headers(headers, fwd, rid, identity, runtime.login)
-        self.response = FastResponse(request, rid)
-        query = request.query
-        self.exchange = Exchange(
-            self.response, self.gateway.clients, runtime.balancers[route.name],
-            method=request.method or "GET",
-            path_and_query=match.upstream_path + ("?" + query if query else ""),
-            headers=upstream_headers, content_length=None, has_body=False,
-            preserve_host=request.host if route.preserve_host else None,
-            timeout=route.timeout, connect_timeout=route.connect_timeout,
-        )
-        self.gateway.metrics.in_flight.inc()
-        self.gateway.active.add(self)
-        self.running = True
+    def _refuse(self, acc: Accepted, runtime: "Runtime", answer: Answer) -> None:
+        self.acc = acc
+        self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
+        self._begin()
+        self._answer(answer, runtime)
+        self._done(answer.status)
+
+    def _answer(self, answer: Answer, runtime: "Runtime") -> None:
+        if getattr(answer, "reason", ""):
+            self.acc.scope.reason = answer.reason  # type: ignore[union-attr]
+        login = runtime.login
+        rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.acc.request_id,
+                          secure=login is not None and login.secure)
+        sink = self.sink
+        sink.start(rendered.status, rendered.reason, rendered.headers)
+        sink.write(rendered.body)
+        sink.finish()
+        self.nbytes = len(rendered.body)
+
+    def _proxy(self, acc: Accepted, runtime: "Runtime", admitted: Admitted) -> None:
+        self.acc = acc
+        self.runtime = runtime
+        self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
+        self.exchange = pipeline.exchange_for(admitted.plan, self.sink, self.gateway.clients)
+        self._begin()
         asyncio.ensure_future(self._run())
 
+    def _begin(self) -> None:
+        self.running = True
+        self.gateway.metrics.in_flight.inc()
+        self.gateway.active.add(self)
+
     async def _run(self) -> None:
-        exchange = self.exchange
+        exchange, sink, scope = self.exchange, self.sink, self.acc.scope
         assert exchange is not None
-        scope, response = self.scope, self.response
         try:
             await exchange.run()
         except UpstreamError as exc:
-            scope.upstream = exchange.upstream
-            self.gateway.metrics.upstream_errors.labels(scope.route or "-", exc.kind).inc()
-            if not exchange.started and self.running:
-                self._error_page(exc.status, f"upstream {exc.kind}")
-                return self._done(status=exc.status)
-            scope.reason = f"upstream {exc.kind} mid-response"
-            self._close()
-            return self._done(status=response.status)
+            answer = pipeline.upstream_failed(self.gateway, scope, exc, exchange.upstream, exchange.started)
+            if answer is not None and self.running:
+                self._answer(answer, self.runtime)
+                return self._done(answer.status)
+            sink.close()
+            return self._done(sink.status)
         except Exception as exc:  # the client left while writing, or a bug: never a traceback
             scope.reason = f"internal error: {type(exc).__name__}"
-            self._close()
-            return self._done(status=response.status if response.headers_written else 500)
+            sink.close()
+            return self._done(sink.status if exchange.started else 500)
         scope.upstream = exchange.upstream
+        self.nbytes = exchange.bytes_sent
         if self.running:
-            try:
-                response.finish()
-            except Exception:
-                self._close()
-        self._done(status=response.status)
-
-    def _error_page(self, status: int, reason: str) -> None:
-        from .handlers import render_error
-
-        self.scope.reason = reason
-        is_html, body = render_error(self.request, status, self.scope.request_id)
-        response = self.response
-        response.set_status(status, httputil.responses.get(status, "Error"))
-        response._headers = httputil.HTTPHeaders({
-            "Content-Type": "text/html; charset=utf-8" if is_html else "application/json",
-            "Cache-Control": "no-store", "X-Request-Id": self.scope.request_id, "Content-Length": str(len(body)),
-        })
-        if self.request.method != "HEAD":
-            response.write(body)
-        self.bytes_error = len(body)
-        try:
-            response.finish()
-        except Exception:
-            self._close()
-
-    def _close(self) -> None:
-        if self.request.connection is not None:
-            self.request.connection.close()
+            sink.finish()
+        self._done(sink.status)
 
     def _done(self, status: int) -> None:
         if not self.running:
@@ -228,24 +146,20 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.running = False
         self.gateway.active.discard(self)
         self.gateway.metrics.in_flight.dec()
-        duration = time.monotonic() - self.scope.start
-        exchange = self.exchange
-        nbytes = exchange.bytes_sent if exchange is not None and exchange.started else getattr(self, "bytes_error", 0)
-        self.gateway.metrics.observe(self.scope, status, duration)
-        self.gateway.access_log.write(self.scope, status, nbytes, duration)
+        pipeline.record(self.gateway, self.acc.scope, status, self.nbytes)
 
     def cut_for_shutdown(self) -> None:
         """Shutdown grace is over: 503 if nothing was sent yet, else close."""
         exchange = self.exchange
         if exchange is None or not self.running:
             return
-        self.scope.reason = "cut by shutdown"
+        self.acc.scope.reason = "cut by shutdown"
         exchange.abort()
         if not exchange.started:
-            self._error_page(503, "cut by shutdown")
-        else:
-            self._close()
-        self._done(status=503 if not exchange.started else self.response.status)
+            self._answer(pipeline.SHUTDOWN, self.runtime)
+            return self._done(503)
+        self.sink.close()
+        self._done(self.sink.status)
 
     # -- the rest of the message ---------------------------------------------------
 
@@ -264,4 +178,4 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             return
         if self.exchange is not None and self.running:
             self.exchange.abort()
-            self.scope.reason = self.scope.reason or "client closed the connection"
+            self.acc.scope.reason = self.acc.scope.reason or "client closed the connection"

@@ -1,7 +1,10 @@
 """Browser login: the OpenID Connect code flow, the session it creates, refresh and sign-out.
 
-Sits beside authentication in the request path. A browser without a session
-on a ``login`` route is sent to its identity provider (``begin``); the
+Sits beside authentication in the request path, below the handlers: every
+method takes the request's cookies (and arguments) as plain values and
+returns what to answer (``Redirect``, ``Page``, ``Refusal``, each with the
+cookie updates to send), never touching a handler. A browser without a
+session on a ``login`` route is sent to its identity provider (``begin``); the
 provider sends it back to ``/oauth2/callback`` (``finish``), which checks, in
 order, the error, the code and the state, then exchanges the code and stores
 a session. ``load_identity`` is the session half of ``authn``: it reads the
@@ -24,11 +27,10 @@ import hmac
 import json
 import logging
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 from urllib.parse import urlencode, urlsplit
 
-from tornado import httputil
-
+from .answers import Answer, CookieOp, Cookies, Page, Redirect, Refusal
 from .config import AUTH_LOGIN, Config, RouteConfig
 from .redirects import safe_redirect_path
 from .discovery import DiscoveryCache
@@ -36,6 +38,8 @@ from .jwks import JWKSRegistry
 from .models import Identity
 from .oidc import InvalidGrant, OIDCClient, OIDCError, ProviderUnavailable, new_pkce, random_token
 from .sessions import CookieCodec, CookieUpdate, Session, SessionStore, SessionStoreError, make_session_store
+
+UNAVAILABLE = "The sign-in service is not reachable right now. Try again in a moment."
 
 log = logging.getLogger("gateway.login")
 
@@ -100,30 +104,28 @@ class LoginManager:
             return [p for p in route.providers if p in self.clients]
         return list(self.clients)
 
-    async def begin(self, handler: Any, route: Optional[RouteConfig], rd: Optional[str] = None,
-                    provider: Optional[str] = None) -> None:
+    async def begin(self, route: Optional[RouteConfig], cookies: Mapping[str, str], rd: str,
+                    provider: Optional[str] = None) -> Answer:
         """Send the browser to its provider, or show the chooser when the route accepts several."""
-        rd = safe_redirect_path(rd if rd is not None else handler.request.uri)
+        rd = safe_redirect_path(rd)
         names = self.providers_for(route)
         if provider is not None:
             if provider not in names:
-                return handler.fail(400, f"unknown provider {provider!r}", description="That sign-in option is not available here.")
+                return Refusal(400, f"unknown provider {provider!r}",
+                               description="That sign-in option is not available here.")
             names = [provider]
         if not names:
-            return handler.fail(500, "no provider for route")
+            return Refusal(500, "no provider for route")
         if len(names) > 1:
             choices = [
                 {"url": "/oauth2/start?" + urlencode({"rd": rd, "provider": n}),
                  "label": self.config.providers[n].display_name or n}
                 for n in names
             ]
-            handler.set_header("Cache-Control", "no-store")
-            handler.scope.reason = "login required (chooser)"
-            return handler.finish(handler.render_string("chooser.html", title="Sign in", providers=choices,
-                                                        request_id=handler.request_id))
-        await self._redirect_to_provider(handler, names[0], rd)
+            return Page("chooser.html", {"title": "Sign in", "providers": choices}, reason="login required (chooser)")
+        return await self._redirect_to_provider(names[0], rd, cookies)
 
-    async def _redirect_to_provider(self, handler: Any, name: str, rd: str) -> None:
+    async def _redirect_to_provider(self, name: str, rd: str, cookies: Mapping[str, str]) -> Answer:
         client = self.clients[name]
         state = random_token(24)
         nonce = random_token(24)
@@ -133,19 +135,15 @@ class LoginManager:
             await self._check_reachable(client)
         except ProviderUnavailable as exc:
             log.warning("provider %s unavailable: %s", name, exc.description)
-            return handler.fail(503, f"provider {name} unavailable",
-                                description="The sign-in service is not reachable right now. Try again in a moment.",
-                                retry_url="/oauth2/start?" + urlencode({"rd": rd, "provider": name}))
+            return Refusal(503, f"provider {name} unavailable", description=UNAVAILABLE,
+                           retry_url="/oauth2/start?" + urlencode({"rd": rd, "provider": name}))
         except OIDCError as exc:
-            return handler.fail(502, f"provider {name}: {exc.reason}", description=exc.description)
-        self._evict_pending(handler)
+            return Refusal(502, f"provider {name}: {exc.reason}", description=exc.description)
         cookie = self.login_cookie_prefix + _state_id(state)
         payload = json.dumps({"s": state, "v": verifier, "n": nonce, "rd": rd, "p": name, "t": self.clock()}).encode()
         value = self.state_codec.encode(cookie, payload, LOGIN_STATE_TTL)
-        self._set_cookie(handler, cookie, value, LOGIN_STATE_TTL)
-        handler.set_header("Cache-Control", "no-store")
-        handler.scope.reason = "login required"
-        handler.redirect(url)
+        ops = self._evict_pending(cookies) + (CookieOp(cookie, value, int(LOGIN_STATE_TTL)),)
+        return Redirect(url, reason="login required", cookies=ops)
 
     async def _check_reachable(self, client: OIDCClient) -> None:
         """Is the provider up? A cached TCP connect to its token endpoint (which the callback needs).
@@ -174,69 +172,72 @@ class LoginManager:
         if not ok:
             raise ProviderUnavailable("the provider is not reachable", "unreachable")
 
-    def _evict_pending(self, handler: Any) -> None:
+    def _evict_pending(self, cookies: Mapping[str, str]) -> Cookies:
         """Keep at most MAX_PENDING_LOGINS - 1 older pending logins, dropping the oldest."""
         pending = []
-        for name, morsel in handler.request.cookies.items():
+        for name, value in cookies.items():
             if name.startswith(self.login_cookie_prefix):
-                raw = self.state_codec.decode(name, morsel.value)
-                created = json.loads(raw).get("t", 0) if raw else 0
-                pending.append((created, name))
+                raw = self.state_codec.decode(name, value)
+                try:
+                    created = json.loads(raw).get("t", 0) if raw else 0
+                except (ValueError, AttributeError):
+                    created = 0
+                pending.append((created if isinstance(created, (int, float)) else 0, name))
         pending.sort()
+        dropped = []
         while len(pending) >= MAX_PENDING_LOGINS:
             _, name = pending.pop(0)
-            self._clear_cookie(handler, name)
+            dropped.append(CookieOp(name))
+        return tuple(dropped)
 
     # -- the callback -------------------------------------------------------------
 
-    async def finish(self, handler: Any) -> None:
-        """/oauth2/callback: error, then code, then state; then exchange and store the session."""
-        args = handler.request.query_arguments
-        get = lambda key: args[key][0].decode("utf-8", "replace") if key in args and args[key] else None
-        state = get("state")
-        pending = self._pending(handler, state) if state else None
+    async def finish(self, args: Mapping[str, str], cookies: Mapping[str, str]) -> Tuple[Answer, Optional[str]]:
+        """/oauth2/callback: error, then code, then state; then exchange and store the session.
+
+        Returns the answer and, when someone signed in, their subject (for the log).
+        """
+        state = args.get("state")
+        pending = self._pending(cookies, state) if state else None
         retry = "/oauth2/start?" + urlencode({"rd": pending["rd"] if pending else "/"})
-        error = get("error")
+        again = {"retry_url": retry, "retry_label": "Sign in again"}
+        error = args.get("error")
         if error:
-            if pending:
-                self._clear_cookie(handler, self.login_cookie_prefix + _state_id(state or ""))
+            used: Cookies = (CookieOp(self.login_cookie_prefix + _state_id(state or "")),) if pending else ()
             description = "The sign-in was not completed"
             if error == "access_denied":
                 description = "The sign-in was cancelled or refused."
-            return handler.fail(403 if error == "access_denied" else 400, f"provider returned error {error[:64]}",
-                                description=description + ".", retry_url=retry, retry_label="Sign in again")
-        code = get("code")
+            return Refusal(403 if error == "access_denied" else 400, f"provider returned error {error[:64]}",
+                           description=description + ".", cookies=used, **again), None
+        code = args.get("code")
         if not code:
-            return handler.fail(400, "callback without code", description="The sign-in response had no code.",
-                                retry_url=retry, retry_label="Sign in again")
+            return Refusal(400, "callback without code", description="The sign-in response had no code.",
+                           **again), None
         if not state or pending is None:
-            return handler.fail(400, "unknown or expired state",
-                                description="This sign-in link has expired or was already used.",
-                                retry_url=retry, retry_label="Sign in again")
-        cookie = self.login_cookie_prefix + _state_id(state)
-        self._clear_cookie(handler, cookie)
+            return Refusal(400, "unknown or expired state",
+                           description="This sign-in link has expired or was already used.", **again), None
+        used = (CookieOp(self.login_cookie_prefix + _state_id(state)),)
         if not await self.store.mark_used("state:" + _state_id(state), LOGIN_STATE_TTL):
-            return handler.fail(400, "state replayed", description="This sign-in link was already used.",
-                                retry_url=retry, retry_label="Sign in again")
+            return Refusal(400, "state replayed", description="This sign-in link was already used.",
+                           cookies=used, **again), None
         client = self.clients.get(pending["p"])
         if client is None:
-            return handler.fail(400, "provider no longer configured", retry_url=retry, retry_label="Sign in again")
+            return Refusal(400, "provider no longer configured", cookies=used, **again), None
         try:
             metadata = await client.metadata()
-            client.check_authorization_response_iss(get("iss"), metadata)
+            client.check_authorization_response_iss(args.get("iss"), metadata)
             tokens = await client.exchange_code(code, pending["v"])
             assert tokens.id_token is not None
             id_claims = await client.validate_id_token(tokens.id_token, nonce=pending["n"], access_token=tokens.access_token)
             user = await client.user_claims(id_claims, tokens.access_token)
         except ProviderUnavailable as exc:
             log.warning("login via %s failed: provider unavailable: %s", client.name, exc.description)
-            return handler.fail(503, f"provider {client.name} unavailable", retry_url=retry, retry_label="Try again",
-                                description="The sign-in service is not reachable right now. Try again in a moment.")
+            return Refusal(503, f"provider {client.name} unavailable", description=UNAVAILABLE, cookies=used,
+                           retry_url=retry, retry_label="Try again"), None
         except OIDCError as exc:
             log.warning("login via %s failed: %s", client.name, exc.reason)
-            return handler.fail(400 if not isinstance(exc, InvalidGrant) else 400, f"login failed: {exc.reason}",
-                                description="The sign-in could not be completed.", retry_url=retry,
-                                retry_label="Sign in again")
+            return Refusal(400, f"login failed: {exc.reason}", description="The sign-in could not be completed.",
+                           cookies=used, **again), None
         now = self.clock()
         session = Session(
             id=random_token(16), provider=client.name, sub=user.sub, email=user.email, groups=tuple(user.groups),
@@ -246,21 +247,20 @@ class LoginManager:
             expires_at=now + self.config.session.lifetime,
         )
         try:
-            await self._save(handler, session)
+            saved = await self._save(session, cookies)
         except SessionStoreError as exc:
             log.error("cannot store the session of %s: %s", session.sub, exc)
-            return handler.fail(503, "session store unavailable", retry_url=retry, retry_label="Try again")
-        handler.scope.user = session.sub
+            return Refusal(503, "session store unavailable", cookies=used, retry_url=retry,
+                           retry_label="Try again"), None
         log.info("signed in %s via %s", session.sub, client.name)
-        handler.set_header("Cache-Control", "no-store")
-        handler.redirect(safe_redirect_path(pending["rd"]))
+        return Redirect(safe_redirect_path(pending["rd"]), cookies=used + saved), session.sub
 
-    def _pending(self, handler: Any, state: str) -> Optional[dict]:
+    def _pending(self, cookies: Mapping[str, str], state: str) -> Optional[dict]:
         name = self.login_cookie_prefix + _state_id(state)
-        morsel = handler.request.cookies.get(name)
-        if morsel is None:
+        value = cookies.get(name)
+        if value is None:
             return None
-        raw = self.state_codec.decode(name, morsel.value)
+        raw = self.state_codec.decode(name, value)
         if raw is None:
             return None
         try:
@@ -273,25 +273,28 @@ class LoginManager:
 
     # -- sessions on requests -----------------------------------------------------
 
-    async def load_identity(self, handler: Any, route: Optional[RouteConfig]) -> Optional[Identity]:
-        """The session's identity for this route, refreshed when due; None to (re)start login."""
-        cookies = _cookie_map(handler.request)
+    async def load_identity(self, cookies: Mapping[str, str],
+                            route: Optional[RouteConfig]) -> Tuple[Optional[Identity], Cookies]:
+        """The session's identity for this route, refreshed when due (None to (re)start login),
+        and the cookie updates a refresh made."""
         if not any(n == self.cookie_name or n.startswith(self.cookie_name + "_") for n in cookies):
-            return None
+            return None, ()
         session = await self.store.load(cookies)
         if session is None:
-            return None
+            return None, ()
         if route is not None and route.auth == AUTH_LOGIN and session.provider not in self.providers_for(route):
-            return None
+            return None, ()
+        ops: Cookies = ()
         if self._refresh_due(session):
-            session = await self._refresh(handler, session, cookies)
-            if session is None:
-                return None
+            refreshed, ops = await self._refresh(session, cookies)
+            if refreshed is None:
+                return None, ops
+            session = refreshed
         return Identity(
             sub=session.sub, email=session.email, groups=tuple(session.groups),
             preferred_username=session.preferred_username, issuer=session.claims.get("iss"),
             claims=session.claims, source="session", expires_at=session.expires_at, session_id=session.id,
-        )
+        ), ops
 
     def _refresh_due(self, session: Session) -> bool:
         """Due shortly before expiry: REFRESH_BEFORE, or the last fifth of a shorter-lived token."""
@@ -301,7 +304,7 @@ class LoginManager:
         margin = min(REFRESH_BEFORE, max(0.0, (session.access_expires_at - issued) / 5))
         return self.clock() >= session.access_expires_at - margin
 
-    async def _refresh(self, handler: Any, session: Session, cookies: Mapping[str, str]) -> Optional[Session]:
+    async def _refresh(self, session: Session, cookies: Mapping[str, str]) -> Tuple[Optional[Session], Cookies]:
         """Single flight per session: in this process by a shared future, across instances by the store's lock."""
         running = self._refreshing.get(session.id)
         if running is None:
@@ -311,13 +314,11 @@ class LoginManager:
         try:
             outcome = await asyncio.shield(running)
             if outcome is None:
-                await self._clear(handler, cookies)
-                return None
-            await self._save(handler, outcome)
+                return None, await self._clear(cookies)
+            return outcome, await self._save(outcome, cookies)
         except SessionStoreError as exc:
             log.warning("session store failed during refresh: %s", exc)
-            return session
-        return outcome
+            return session, ()
 
     async def _do_refresh(self, session: Session, cookies: Mapping[str, str]) -> Optional[Session]:
         if not await self.store.lock(session.id, REFRESH_WAIT):
@@ -368,33 +369,24 @@ class LoginManager:
         finally:
             await self.store.unlock(session.id)
 
-    async def _save(self, handler: Any, session: Session) -> None:
-        update = await self.store.save(session, _cookie_map(handler.request))
-        self._apply(handler, update)
+    async def _save(self, session: Session, cookies: Mapping[str, str]) -> Cookies:
+        return _ops(await self.store.save(session, cookies))
 
-    async def _clear(self, handler: Any, cookies: Mapping[str, str]) -> None:
-        self._apply(handler, await self.store.clear(cookies))
-
-    def _apply(self, handler: Any, update: CookieUpdate) -> None:
-        for name in update.clear:
-            self._clear_cookie(handler, name)
-        for name, value in update.set:
-            self._set_cookie(handler, name, value, update.max_age)
+    async def _clear(self, cookies: Mapping[str, str]) -> Cookies:
+        return _ops(await self.store.clear(cookies))
 
     # -- sign-out -----------------------------------------------------------------
 
-    async def sign_out(self, handler: Any) -> None:
-        rd = safe_redirect_path(handler.get_argument("rd", None))
-        cookies = _cookie_map(handler.request)
+    async def sign_out(self, rd: Optional[str], cookies: Mapping[str, str]) -> Tuple[Redirect, Optional[Session]]:
+        """End the session (and at the provider when it offers end_session_endpoint).
+
+        Returns the redirect and the session that ended, whose WebSockets the caller closes.
+        """
+        rd = safe_redirect_path(rd)
         session = await self.store.load(cookies)
-        await self._clear(handler, cookies)
-        for name in cookies:
-            if name.startswith(self.login_cookie_prefix):
-                self._clear_cookie(handler, name)
-        handler.set_header("Cache-Control", "no-store")
+        ops = await self._clear(cookies)
+        ops += tuple(CookieOp(name) for name in cookies if name.startswith(self.login_cookie_prefix))
         if session is not None:
-            handler.scope.user = session.sub
-            handler.gateway.sessions_ended(session.id)
             client = self.clients.get(session.provider)
             if client is not None:
                 try:
@@ -403,39 +395,17 @@ class LoginManager:
                 except OIDCError:
                     url = None
                 if url:
-                    return handler.redirect(url)
-        handler.redirect(rd)
+                    return Redirect(url, cookies=ops), session
+        return Redirect(rd, cookies=ops), session
 
-    # -- cookies ------------------------------------------------------------------
-
-    def upstream_cookie_header(self, values: list[str]) -> str:
-        """The client's Cookie header without the gateway's own cookies, which upstreams must never see."""
-        kept = []
-        for value in values:
-            for part in value.split(";"):
-                name = part.split("=", 1)[0].strip()
-                if not name:
-                    continue
-                if name == self.cookie_name or name.startswith(self.cookie_name + "_"):
-                    continue
-                kept.append(part.strip())
-        return "; ".join(kept)
-
-    def _set_cookie(self, handler: Any, name: str, value: str, max_age: float) -> None:
-        handler.set_cookie(name, value, path="/", max_age=int(max_age), httponly=True, secure=self.secure,
-                           samesite="Lax")
-
-    def _clear_cookie(self, handler: Any, name: str) -> None:
-        handler.clear_cookie(name, path="/", httponly=True, secure=self.secure, samesite="Lax")
+def _ops(update: CookieUpdate) -> Cookies:
+    return tuple(CookieOp(name) for name in update.clear) + tuple(
+        CookieOp(name, value, int(update.max_age)) for name, value in update.set)
 
 
 def _state_id(state: str) -> str:
     """A short, cookie-name-safe id derived from the state (the state itself is not a name)."""
     return hashlib.sha256(state.encode()).hexdigest()[:16]
-
-
-def _cookie_map(request: httputil.HTTPServerRequest) -> dict[str, str]:
-    return {name: morsel.value for name, morsel in request.cookies.items()}
 
 
 def _consteq(a: str, b: str) -> bool:

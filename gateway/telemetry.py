@@ -49,6 +49,18 @@ class RequestScope:
     user: Optional[str] = None
     upstream: Optional[str] = None
     reason: Optional[str] = None  # why the request was denied or failed
+    failure: Optional[str] = None  # the gateway_auth_failures reason, when authentication or policy refused it
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Count in prometheus-client's per-process files under ``directory`` (several workers, one /metrics).
+
+    Metrics created after this call (each worker's, after the fork) use them.
+    """
+    from prometheus_client import values
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.get_value_class()
 
 
 class Metrics:

@@ -1,8 +1,8 @@
 """WebSocket upgrades: admitted like any request, then relayed frame by frame.
 
-The proxy port's router sends requests carrying ``Upgrade: websocket`` here
-instead of to ``ProxyHandler``. The handshake is authenticated and authorized
-exactly like a plain request (401/403 before any upgrade, never a login
+The fast delegate hands requests carrying ``Upgrade: websocket`` here
+instead of to ``ProxyHandler``. The handshake goes through the same
+``pipeline.admit`` as a plain request (401/403 before any upgrade, never a login
 redirect), then the gateway connects to the upstream first, so a dead upstream
 is a 502 rather than an accepted socket that closes at once, and only then
 accepts the client. Messages are relayed one at a time in each direction: a
@@ -17,10 +17,14 @@ import asyncio
 import logging
 from typing import Any, Optional, Union
 
-from tornado import httputil, routing, websocket
+from tornado import httputil, websocket
 from tornado.httpclient import HTTPRequest
 
+from . import pipeline
+from .answers import Refusal
 from .handlers import GatewayHandler
+from .models import Identity
+from .pipeline import Admitted
 
 log = logging.getLogger("gateway.websocket")
 
@@ -33,6 +37,7 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 
 class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
+    identity: Optional[Identity] = None
     upstream: Optional[websocket.WebSocketClientConnection] = None
     _pump: Optional["asyncio.Future[None]"] = None
     _closing = False
@@ -42,23 +47,23 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
         headers = self.request.headers
         if (self.request.method != "GET" or "upgrade" not in headers.get("Connection", "").lower()
                 or not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") != "13"):
-            self.fail(400, "malformed websocket handshake", description="Malformed WebSocket handshake.",
-                      headers={"Sec-WebSocket-Version": "13"})
-            return
-        match = await self.admit(websocket=True)
-        if match is None:
-            return
-        self.match = match
+            return self.answer(Refusal(400, "malformed websocket handshake", description="Malformed WebSocket handshake.",
+                                       headers=(("Sec-WebSocket-Version", "13"),)))
+        outcome = await pipeline.admit(self.accepted, self.runtime, websocket=True, found=self.found)
+        if not isinstance(outcome, Admitted):
+            return self.answer(outcome)  # type: ignore[arg-type]
+        self.admitted = outcome
+        self.identity = outcome.identity
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        match, req = self.match, self.request
-        route = match.route
-        base = self.runtime.balancers[route.name].order()[0]
-        url = "ws" + base[4:] + match.upstream_path + ("?" + req.query if req.query else "")
-        headers = self.upstream_headers()
-        for name in list(headers.keys()):
-            if name.lower() in HANDSHAKE_HEADERS:
-                del headers[name]
+        admitted, req = self.admitted, self.request
+        route, plan = admitted.route, admitted.plan
+        base = plan.balancer.order()[0]
+        url = "ws" + base[4:] + plan.path_and_query
+        headers = httputil.HTTPHeaders()
+        for name, value in plan.headers:
+            if name.lower() not in HANDSHAKE_HEADERS:
+                headers.add(name, value)
         protocols = [p.strip() for p in req.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         if req.headers.get("Origin"):
             headers["Origin"] = req.headers["Origin"]
@@ -75,7 +80,7 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
             kind = "timeout" if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower() else "connect"
             self.gateway.metrics.upstream_errors.labels(route.name, kind).inc()
             log.warning("websocket upstream %s for route %s: %s", base, route.name, exc)
-            return self.fail(504 if kind == "timeout" else 502, f"websocket upstream {kind}")
+            return self.answer(Refusal(504 if kind == "timeout" else 502, f"websocket upstream {kind}"))
         await super().get(*args, **kwargs)
 
     def select_subprotocol(self, subprotocols: list[str]) -> Optional[str]:
@@ -147,14 +152,3 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
         # An HTTP answer instead of an upgrade (the client's handshake was refused): drop the upstream leg.
         if self.upstream is not None and self.ws_connection is None:
             self.upstream.close()
-
-
-def is_upgrade(request: httputil.HTTPServerRequest) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
-
-
-class UpgradeMatcher(routing.Matcher):
-    """Routes WebSocket handshakes to WebSocketRelay, everything else falls through."""
-
-    def match(self, request: httputil.HTTPServerRequest) -> Optional[dict]:
-        return {} if is_upgrade(request) else None

@@ -5,8 +5,8 @@ it restarts a worker that dies, passes SIGHUP (reload) and SIGTERM/SIGINT
 (graceful stop) on to every worker, and exits once they have all stopped.
 Sessions live in encrypted cookies (or Redis) and every worker verifies
 tokens itself, so any worker can answer any request. Metrics from all
-workers are merged by prometheus-client's multiprocess mode, which the CLI
-switches on before the metrics module is imported.
+workers are merged by prometheus-client's multiprocess mode, which
+``server`` switches on before the workers create their metrics.
 """
 
 from __future__ import annotations

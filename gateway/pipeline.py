@@ -1,0 +1,454 @@
+"""The request's path, top to bottom: accept, route, authenticate, authorize, plan, record.
+
+Every request on the proxy port goes through these steps, whichever adapter
+carries it (the bare-connection fast path, a ``RequestHandler``, the
+WebSocket relay or forward-auth). The decisions are plain Python over plain
+inputs (a ``RequestHead`` and the ``Runtime``) and return values: an
+``Admitted`` request with its upstream plan, an ``OwnEndpoint`` for
+``/oauth2/*``, or an ``Answer`` (``Refusal``, ``Redirect``, ``Page``...) to
+send instead. Nothing here writes to a socket, so the table of decisions is
+testable without one and can be run offline.
+
+    accept(head, runtime)          request ID, client address, the log scope
+    route(accepted, runtime)       Host and path checks; /oauth2 on the normalised path; 404 / 405
+    check_body(...)                Content-Length and the route's body limit (400 / 413)
+    admit_now / admit              authenticate (token, then session), authorize (403), plan the upstream request
+    forward_auth(...)              the same steps for /oauth2/auth, answered with headers instead of proxying
+    upstream_failed(...)           a failed exchange: 502 / 504 while nothing was sent, else cut
+    record(gateway, scope, ...)    the access-log line and the metrics
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Union
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tornado import httputil
+
+from . import forwarded
+from .answers import Answer, Cookies, Empty, Json, Refusal
+from .config import AUTH_LOGIN, AUTH_PUBLIC, RouteConfig
+from .forwarding import Balancer, Exchange, UpstreamError, forwarded_request_headers, identity_value
+from .models import AuthError, Identity
+from .pages import WWW_AUTHENTICATE, is_browser, merge_cookies
+from .policy import authorize
+from .redirects import safe_redirect_path
+from .routing import BadPath, Match, MethodNotAllowed, normalize_path, valid_host_header
+from .telemetry import RequestScope, request_id
+from .tokens import bearer_from_header
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Gateway, Runtime
+
+log = logging.getLogger("gateway")
+
+OWN_PREFIX = "/oauth2"
+OWN_ENDPOINTS = frozenset({"start", "callback", "sign_out", "userinfo", "auth"})
+BODILESS = frozenset({"GET", "HEAD"})
+SHUTDOWN = Refusal(503, "cut by shutdown", headers=(("Connection", "close"), ("Retry-After", "1")))
+
+
+class HeaderMap(Protocol):
+    """The request headers as the pipeline reads them (tornado's HTTPHeaders fits)."""
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+    def get_list(self, name: str) -> list: ...
+    def get_all(self) -> Any: ...
+    def __contains__(self, name: object) -> bool: ...
+
+
+class RequestHead:
+    """What the pipeline knows of a request: its head and where it came from (no body, no socket)."""
+
+    __slots__ = ("method", "host", "path", "query", "uri", "headers", "peer", "protocol", "_cookies")
+
+    def __init__(self, method: str, host: str, path: str, query: str, headers: HeaderMap, *,
+                 peer: str = "", protocol: str = "http", uri: Optional[str] = None):
+        self.method = method
+        self.host = host
+        self.path = path
+        self.query = query
+        self.uri = uri if uri is not None else path + ("?" + query if query else "")
+        self.headers = headers
+        self.peer = peer
+        self.protocol = protocol
+        self._cookies: Optional[dict] = None
+
+    @property
+    def cookies(self) -> Mapping[str, str]:
+        """The request's cookies, parsed on first use (token calls never need them)."""
+        if self._cookies is None:
+            self._cookies = parse_cookies(self.headers.get_list("Cookie"))
+        return self._cookies
+
+    def argument(self, name: str) -> Optional[str]:
+        """The first value of a query argument."""
+        values = parse_qs(self.query, keep_blank_values=True).get(name)
+        return values[0] if values else None
+
+
+def parse_cookies(values: list) -> dict:
+    """Cookie header(s) to a name -> value dict, the way browsers send them; never an error."""
+    try:
+        return httputil.parse_cookie("; ".join(values))
+    except Exception:  # a malformed header is no cookie at all, never a 500
+        return {}
+
+
+# -- results ------------------------------------------------------------------------
+
+
+class Accepted:
+    """Step 1: a request the gateway has taken on, with its ID, client address and log scope."""
+
+    __slots__ = ("head", "request_id", "forwarded", "scope")
+
+    def __init__(self, head: RequestHead, request_id: str, fwd: forwarded.Forwarded, scope: RequestScope):
+        self.head = head
+        self.request_id = request_id
+        self.forwarded = fwd
+        self.scope = scope
+
+
+@dataclass(frozen=True)
+class OwnEndpoint:
+    """One of the gateway's own endpoints under /oauth2, found on the normalised path."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class UpstreamPlan:
+    """Everything the exchange needs to send the request upstream."""
+
+    balancer: Balancer
+    method: str
+    path_and_query: str
+    headers: list
+    content_length: Optional[int]
+    has_body: bool
+    preserve_host: Optional[str]
+    timeout: float
+    connect_timeout: float
+
+
+class Admitted:
+    """A request that may go upstream: its route, who is calling, and the plan."""
+
+    __slots__ = ("match", "identity", "plan", "cookies")
+
+    def __init__(self, match: Match, identity: Optional[Identity], plan: UpstreamPlan, cookies: Cookies = ()):
+        self.match = match
+        self.identity = identity
+        self.plan = plan
+        self.cookies = cookies  # session cookie updates (a refresh) to send with the upstream's answer
+
+    @property
+    def route(self) -> RouteConfig:
+        return self.match.route
+
+
+Outcome = Union[Admitted, OwnEndpoint, Answer]
+
+
+# -- 1. accept ---------------------------------------------------------------------
+
+
+def accept(head: RequestHead, runtime: "Runtime") -> Accepted:
+    headers = head.headers
+    fwd = forwarded.resolve(
+        head.peer, head.protocol, head.host, headers.get("X-Forwarded-For"), headers.get("X-Forwarded-Proto"),
+        headers.get("X-Forwarded-Host"), runtime.config.server.trusted_proxies,
+    )
+    rid = request_id(headers.get("X-Request-Id"))
+    return Accepted(head, rid, fwd, RequestScope(rid, fwd.client_ip, head.method, head.host, head.path))
+
+
+# -- 2. route ----------------------------------------------------------------------
+
+
+def route(acc: Accepted, runtime: "Runtime", *, host: Optional[str] = None, path: Optional[str] = None,
+          method: Optional[str] = None) -> Union[Match, OwnEndpoint, Refusal]:
+    """The route for this host and normalised path; the gateway's own endpoints come first."""
+    head = acc.head
+    host = head.host if host is None else host
+    method = head.method if method is None else method
+    if not valid_host_header(host):
+        return Refusal(400, "bad Host header")
+    try:
+        normal = normalize_path(head.path if path is None else path)
+    except BadPath as exc:
+        return Refusal(400, f"bad path: {exc}")
+    if normal == OWN_PREFIX or normal.startswith(OWN_PREFIX + "/"):
+        name = normal[len(OWN_PREFIX) + 1:].rstrip("/")
+        if name in OWN_ENDPOINTS:
+            return OwnEndpoint(name)
+        return Refusal(404, "no route")
+    match = runtime.routes.match(host, normal, method)
+    if match is None:
+        return Refusal(404, "no route")
+    if isinstance(match, MethodNotAllowed):
+        return Refusal(405, f"method {method} not allowed here", headers=(("Allow", ", ".join(sorted(match.allowed))),))
+    acc.scope.route = match.route.name
+    return match
+
+
+def body_limit(route: RouteConfig, runtime: "Runtime") -> int:
+    limit = route.max_body_size if route.max_body_size is not None else runtime.config.server.max_body_size
+    return limit or 0
+
+
+def content_length(value: Optional[str]) -> Optional[int]:
+    """Content-Length as an int; None when absent, -1 when malformed (ASCII digits only)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        return -1
+    return int(value)
+
+
+def check_body(head: RequestHead, route: RouteConfig, runtime: "Runtime") -> Optional[Refusal]:
+    """Refuse an oversized or malformed body before anything reaches the upstream."""
+    length = content_length(head.headers.get("Content-Length"))
+    if length == -1:
+        return Refusal(400, "bad content-length")
+    limit = body_limit(route, runtime)
+    if limit and length is not None and length > limit:
+        return Refusal(413, f"body of {length} bytes over the limit of {limit}")
+    return None
+
+
+# -- 3. authenticate and 4. authorize ------------------------------------------------
+
+
+def invalid_token(error: AuthError) -> Refusal:
+    """RFC 6750: a token was sent and is not acceptable."""
+    header = f'{WWW_AUTHENTICATE}, error="invalid_token", error_description="{error.description}"'
+    return Refusal(401, f"invalid token: {error.reason}", description=error.description,
+                   headers=(("WWW-Authenticate", header),))
+
+
+NO_CREDENTIALS = Refusal(401, "no credentials", description="a bearer token is required",
+                         headers=(("WWW-Authenticate", WWW_AUTHENTICATE),))
+
+
+def forbidden(acc: Accepted, route: RouteConfig, identity: Identity, reason: str) -> Refusal:
+    head = acc.head
+    acc.scope.failure = "forbidden"
+    log.info("denied %s to %s on route %s: %s", head.method, identity.sub, route.name, reason)
+    sign_out = ""
+    if identity.source == "session":
+        sign_out = "/oauth2/sign_out?" + urlencode({"rd": safe_redirect_path(head.uri)})
+    return Refusal(403, reason, signed_in_as=identity.email or identity.preferred_username or identity.sub,
+                   sign_out_url=sign_out)
+
+
+async def unauthenticated(acc: Accepted, route: RouteConfig, runtime: "Runtime", *, redirect: bool) -> Answer:
+    """No credential: a browser on a login route is sent to sign in, anyone else gets 401."""
+    acc.scope.failure = "unauthenticated"
+    head = acc.head
+    login = runtime.login
+    if (login is not None and redirect and route.auth == AUTH_LOGIN and head.method in BODILESS
+            and is_browser(head.headers)):
+        return await login.begin(route, head.cookies, rd=head.uri)
+    return NO_CREDENTIALS
+
+
+# -- 5. plan ------------------------------------------------------------------------
+
+
+def plan(acc: Accepted, match: Match, identity: Optional[Identity], runtime: "Runtime") -> UpstreamPlan:
+    head = acc.head
+    route = match.route
+    headers = head.headers
+    length = content_length(headers.get("Content-Length")) if "Content-Length" in headers else None
+    has_body = bool(length) or ("Transfer-Encoding" in headers
+                                and "chunked" in headers.get("Transfer-Encoding", "").lower())
+    login = runtime.login
+    query = head.query
+    return UpstreamPlan(
+        runtime.balancers[route.name], head.method, match.upstream_path + ("?" + query if query else ""),
+        forwarded_request_headers(headers, acc.forwarded, acc.request_id, identity,
+                                  own_cookie=login.cookie_name if login is not None else None),
+        length if length else None, has_body, head.host if route.preserve_host else None,
+        route.timeout, route.connect_timeout,
+    )
+
+
+def exchange_for(plan: UpstreamPlan, sink: Any, clients: Any) -> Exchange:
+    """The exchange that carries out a plan, writing the upstream's answer into ``sink``."""
+    return Exchange(
+        sink, clients, plan.balancer, method=plan.method, path_and_query=plan.path_and_query,
+        headers=plan.headers, content_length=plan.content_length, has_body=plan.has_body,
+        preserve_host=plan.preserve_host, timeout=plan.timeout, connect_timeout=plan.connect_timeout,
+    )
+
+
+# -- the whole admission -------------------------------------------------------------
+
+
+def admit_now(acc: Accepted, runtime: "Runtime",
+              found: Union[Match, OwnEndpoint, Refusal]) -> Optional[Outcome]:
+    """The common case decided without waiting: a public route, or a bearer token verified moments ago.
+
+    ``found`` is the route step's result. Returns None when the answer needs
+    I/O (a token not yet verified, a session, a login redirect, a 401): then
+    ``admit`` decides.
+    """
+    if not isinstance(found, Match):
+        return found
+    r = found.route
+    refusal = check_body(acc.head, r, runtime)
+    if refusal is not None:
+        return refusal
+    identity: Optional[Identity] = None
+    if r.auth != AUTH_PUBLIC:
+        authorization = acc.head.headers.get("Authorization")
+        if not authorization:
+            return None
+        try:
+            raw = bearer_from_header(authorization)
+        except AuthError:
+            return None
+        identity = runtime.verifier.verify_cached(raw) if raw is not None else None
+        if identity is None or not authorize(r.allow, identity, acc.head.method).allowed:
+            return None
+        acc.scope.user = identity.sub
+    return Admitted(found, identity, plan(acc, found, identity, runtime))
+
+
+async def admit(acc: Accepted, runtime: "Runtime", *, websocket: bool = False,
+                found: Optional[Union[Match, OwnEndpoint, Refusal]] = None) -> Outcome:
+    """Route, check the body, authenticate, authorize and plan; or the answer that stops the request.
+
+    ``found`` is the route step's result when the adapter already ran it.
+    """
+    if found is None:
+        found = route(acc, runtime)
+    if not isinstance(found, Match):
+        return found
+    r = found.route
+    if websocket and not r.websocket:
+        return Refusal(403, "websocket disabled on this route", description="WebSockets are not allowed here.")
+    if not websocket:
+        refusal = check_body(acc.head, r, runtime)
+        if refusal is not None:
+            return refusal
+    identity: Optional[Identity] = None
+    cookies: Cookies = ()
+    if r.auth != AUTH_PUBLIC:
+        result = await runtime.authn.authenticate(acc.head.headers.get("Authorization"), lambda: acc.head.cookies, r)
+        cookies = result.cookies
+        if result.error is not None:
+            acc.scope.failure = result.error.reason
+            return _with_cookies(invalid_token(result.error), cookies)
+        if result.identity is None:
+            return _with_cookies(await unauthenticated(acc, r, runtime, redirect=not websocket), cookies)
+        identity = result.identity
+        acc.scope.user = identity.sub
+        decision = authorize(r.allow, identity, acc.head.method)
+        if not decision.allowed:
+            return _with_cookies(forbidden(acc, r, identity, decision.reason), cookies)
+    return Admitted(found, identity, plan(acc, found, identity, runtime), cookies)
+
+
+def _with_cookies(answer: Answer, cookies: Cookies) -> Answer:
+    return merge_cookies(answer, cookies)
+
+
+async def identify(acc: Accepted, runtime: "Runtime") -> Answer:
+    """/oauth2/userinfo: the current identity as JSON, or 401."""
+    result = await runtime.authn.authenticate(acc.head.headers.get("Authorization"), lambda: acc.head.cookies, None)
+    ident = result.identity
+    if ident is None:
+        desc = result.error.description if result.error else "not signed in"
+        header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
+        return _with_cookies(Refusal(401, "no identity", description=desc, headers=(("WWW-Authenticate", header),)),
+                             result.cookies)
+    acc.scope.user = ident.sub
+    return Json({
+        "sub": ident.sub, "email": ident.email, "groups": list(ident.groups),
+        "preferred_username": ident.preferred_username, "issuer": ident.issuer, "source": ident.source,
+    }, cookies=result.cookies)
+
+
+async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:
+    """/oauth2/auth for nginx auth_request, Traefik ForwardAuth and Caddy forward_auth.
+
+    The same route, authentication and policy as a proxied request, for the
+    request the front proxy describes (X-Forwarded-Host + X-Forwarded-Uri, or
+    X-Original-URL); the answer is 200 with X-Auth-Request-* headers, or 401/403.
+    """
+    headers = acc.head.headers
+    host = headers.get("X-Forwarded-Host") or acc.head.host
+    uri = headers.get("X-Forwarded-Uri")
+    original = headers.get("X-Original-URL")
+    if uri is None and original:
+        parts = urlsplit(original)
+        host = parts.netloc or host
+        uri = parts.path or "/"
+    method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or "GET"
+    path = (uri or "/").partition("?")[0]
+    acc.scope.path = path
+    found = route(acc, runtime, host=host, path=path, method=method)
+    if isinstance(found, Refusal):
+        if found.status == 400:
+            return Refusal(403, f"forward-auth: {found.reason}")
+        return Refusal(403, "forward-auth: no route for this method and path")
+    if isinstance(found, OwnEndpoint):
+        return Refusal(403, "forward-auth: no route for this method and path")
+    r = found.route
+    try:
+        acc.scope.path = normalize_path(path)
+    except BadPath:  # pragma: no cover - route() refused it already
+        pass
+    if r.auth == AUTH_PUBLIC:
+        return Empty(200)
+    result = await runtime.authn.authenticate(headers.get("Authorization"), lambda: acc.head.cookies, r)
+    ident = result.identity
+    if ident is None:
+        acc.scope.failure = result.error.reason if result.error else "unauthenticated"
+        header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
+        return _with_cookies(Refusal(401, "forward-auth: not authenticated", headers=(("WWW-Authenticate", header),)),
+                             result.cookies)
+    acc.scope.user = ident.sub
+    decision = authorize(r.allow, ident, method)
+    if not decision.allowed:
+        acc.scope.failure = "forbidden"
+        return _with_cookies(Refusal(403, decision.reason), result.cookies)
+    out = [("X-Auth-Request-User", identity_value(ident.sub))]
+    if ident.email:
+        out.append(("X-Auth-Request-Email", identity_value(ident.email)))
+    if ident.groups:
+        out.append(("X-Auth-Request-Groups", ",".join(identity_value(g, list_item=True) for g in ident.groups)))
+    if ident.preferred_username:
+        out.append(("X-Auth-Request-Preferred-Username", identity_value(ident.preferred_username)))
+    return Empty(200, headers=tuple(out), cookies=result.cookies)
+
+
+# -- 6. after the exchange, and 7. record ------------------------------------------------
+
+
+def upstream_failed(gateway: "Gateway", scope: RequestScope, exc: UpstreamError, upstream: Optional[str],
+                    started: bool) -> Optional[Refusal]:
+    """The one handling of a failed exchange: the answer while nothing was sent, else None (cut it)."""
+    scope.upstream = upstream
+    gateway.metrics.upstream_errors.labels(scope.route or "-", exc.kind).inc()
+    log.warning("upstream %s for route %s: %s (%s)", exc.kind, scope.route, upstream, exc.detail)
+    if not started:
+        return Refusal(exc.status, f"upstream {exc.kind}")
+    scope.reason = f"upstream {exc.kind} mid-response"
+    return None
+
+
+def record(gateway: "Gateway", scope: RequestScope, status: int, nbytes: int) -> None:
+    """The access-log line and the metrics, once per request."""
+    duration = time.monotonic() - scope.start
+    if scope.failure is not None:
+        gateway.metrics.auth_failures.labels(scope.route or "-", scope.failure).inc()
+    gateway.metrics.observe(scope, status, duration)
+    gateway.access_log.write(scope, status, nbytes, duration)

@@ -1,0 +1,289 @@
+"""A running ``gateway serve``: listeners, reload, drain, signals and workers.
+
+The process lifecycle around the proxy: bind the proxy and admin sockets
+(with ``server.max_connections`` enforced at accept), build the ``Gateway``,
+reload the config on SIGHUP or a change of the file (a new ``Runtime`` for
+new requests, the old one kept for those in flight), and on SIGTERM stop
+accepting, let requests finish within ``shutdown_grace``, then cut the rest
+with 503. ``cli`` calls ``serve``; the demo runs a ``Server`` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import replace
+from typing import Any, Callable, Optional
+
+from tornado import netutil
+from tornado.httpserver import HTTPServer
+
+from .admin import make_admin_app
+from .app import make_app
+from .config import Config, ConfigError
+from .loader import load, parse_listen
+from .runtime import Gateway, Runtime
+from .telemetry import enable_multiprocess
+
+log = logging.getLogger("gateway")
+
+RELOAD_POLL_SECONDS = 2.0
+
+
+def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] = None) -> int:
+    """``gateway serve``: load, bind, then run one process or supervise the workers; the exit status."""
+    try:
+        from_file = load(path)
+        config = _override_listen(from_file, listen, admin_listen)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    try:
+        sockets = bind(config.server.listen, reuse_port=config.server.workers > 1 and config.server.reuse_port)
+        admin_sockets = bind(config.server.admin_listen) if config.server.admin_listen is not None else None
+    except OSError as exc:
+        print(f"{path}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if config.server.workers <= 1:
+        return run(Server(config, path, sockets, admin_sockets, file_config=from_file).serve)
+    # Several workers: metrics go through prometheus-client's multiprocess files, merged on /metrics.
+    import tempfile
+
+    from .workers import supervise
+
+    metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+    enable_multiprocess(metrics_dir)
+
+    def on_exit(pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, metrics_dir)
+
+    # With server.reuse_port each worker listens on a socket of its own (SO_REUSEPORT), so the kernel
+    # spreads new connections evenly; with one shared socket (the default) whichever worker wakes
+    # first takes a whole burst, but connections waiting to be accepted survive a worker's crash.
+    host, port = config.server.listen[0], sockets[0].getsockname()[1]
+    own_sockets = config.server.reuse_port and _reuse_port_supported(host, port)
+    if own_sockets:
+        for sock in sockets:
+            sock.close()
+
+    def worker(index: int) -> int:
+        # A restarted worker reads the file as it is now (it may have been reloaded since start).
+        worker_sockets = sockets
+        if own_sockets:
+            worker_sockets = netutil.bind_sockets(port, address=host, backlog=1024, reuse_port=True)
+        current_file, current = from_file, config
+        try:
+            current_file = load(path)
+            current = _override_listen(current_file, listen, admin_listen)
+        except ConfigError as exc:
+            log.error("worker %d: %s is invalid now; starting with the last good config:\n  %s",
+                      index, path, "\n  ".join(exc.errors))
+        return run(Server(current, path, worker_sockets, admin_sockets, worker=index,
+                          file_config=current_file).serve)
+
+    try:
+        return supervise(config.server.workers, worker, on_exit)
+    finally:
+        import shutil
+
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def run(coro_factory: Callable[[], "asyncio.Future[int] | object"]) -> int:
+    """Run on uvloop when it is installed, else the default asyncio loop."""
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro_factory())  # type: ignore[arg-type]
+
+
+def _override_listen(config: Config, listen: Optional[str], admin_listen: Optional[str]) -> Config:
+    server = config.server
+    errors = []
+    if listen:
+        try:
+            server = replace(server, listen=parse_listen(listen))
+        except ValueError as exc:
+            errors.append(f"--listen: {exc}")
+    if admin_listen:
+        try:
+            server = replace(server, admin_listen=None if admin_listen == "off" else parse_listen(admin_listen))
+        except ValueError as exc:
+            errors.append(f"--admin-listen: {exc}")
+    if errors:
+        raise ConfigError(errors)
+    return replace(config, server=server)
+
+
+def _reuse_port_supported(host: str, port: int) -> bool:
+    """Whether workers can each bind (host, port) with SO_REUSEPORT next to the parent's socket."""
+    try:
+        probe = netutil.bind_sockets(port, address=host, reuse_port=True)
+    except (OSError, ValueError):
+        return False
+    for sock in probe:
+        sock.close()
+    return True
+
+
+def bind(address: tuple[str, int], reuse_port: bool = False) -> list[socket.socket]:
+    if reuse_port:
+        try:
+            return netutil.bind_sockets(address[1], address=address[0], backlog=1024, reuse_port=True)
+        except ValueError:  # the platform has no SO_REUSEPORT: the workers share one socket
+            pass
+    return netutil.bind_sockets(address[1], address=address[0], backlog=1024)
+
+
+def url_of(sockets: list[socket.socket]) -> str:
+    host, port = sockets[0].getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+class CappedHTTPServer(HTTPServer):
+    """An HTTPServer that answers 503 and closes when ``max_connections`` are already open."""
+
+    def initialize(self, *args: Any, max_connections: int = 0, **kwargs: Any) -> None:  # type: ignore[override]
+        self.max_connections = max_connections
+        super().initialize(*args, **kwargs)
+
+    def handle_stream(self, stream: Any, address: tuple) -> None:
+        if self.max_connections and len(self._connections) >= self.max_connections:
+            log.warning("connection from %s refused: %d connections open (server.max_connections)",
+                        address[0] if address else "?", len(self._connections))
+            stream.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                         b"Content-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                         b"too many connections").add_done_callback(lambda _f: stream.close())
+            return
+        super().handle_stream(stream, address)
+
+
+class Server:
+    """A running `gateway serve`: the two listeners, reload on SIGHUP or file change, drain on SIGTERM."""
+
+    def __init__(self, config: Config, path: str, sockets: Optional[list[socket.socket]] = None,
+                 admin_sockets: Optional[list[socket.socket]] = None, worker: Optional[int] = None,
+                 file_config: Optional[Config] = None, on_listening: Optional[Callable[[], None]] = None):
+        self.config = config
+        self.on_listening = on_listening
+        # What the file said (before --listen overrides), to tell a real change of address on reload.
+        self.file_server = (file_config or config).server
+        self.path = path
+        self.sockets = sockets
+        self.admin_sockets = admin_sockets
+        self.worker = worker
+        self.stopping: Optional[asyncio.Event] = None
+        self._stat = _file_stamp(path)
+
+    async def serve(self) -> int:
+        self.stopping = asyncio.Event()
+        self.gateway = gateway = Gateway(self.config, log_stream=sys.stdout)
+        await gateway.start()
+        server = self.config.server
+        # Tornado has one timer for "waiting for the next request head": the shorter of the two applies.
+        self.http_server = CappedHTTPServer(
+            make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=server.max_header_size,
+            idle_connection_timeout=min(server.idle_timeout, server.header_timeout), body_timeout=None,
+            max_connections=server.max_connections,
+        )
+        sockets = self.sockets or bind(self.config.server.listen)
+        self.http_server.add_sockets(sockets)
+        admin_url = "off"
+        self.admin_server: Optional[HTTPServer] = None
+        if self.config.server.admin_listen is not None:
+            self.admin_server = HTTPServer(make_admin_app(gateway))
+            admin_sockets = self.admin_sockets or bind(self.config.server.admin_listen)
+            self.admin_server.add_sockets(admin_sockets)
+            admin_url = url_of(admin_sockets)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        watcher = asyncio.ensure_future(self._watch_file())
+        who = f" [worker {self.worker}]" if self.worker is not None else ""
+        log.info("gateway listening on %s (admin: %s, config: %s)%s", url_of(sockets), admin_url, self.path, who)
+        if self.on_listening is not None:
+            self.on_listening()
+        await self.stopping.wait()
+        watcher.cancel()
+        await self._drain()
+        return 0
+
+    async def reload(self, why: str) -> None:
+        gateway = self.gateway
+        try:
+            config = _override_listen(load(self.path), None, None)
+        except ConfigError as exc:
+            gateway.metrics.reloads.labels("error").inc()
+            log.error("config reload (%s) failed; keeping the running config:\n  %s", why, "\n  ".join(exc.errors))
+            return
+        except Exception as exc:  # never let a reload take the process down
+            gateway.metrics.reloads.labels("error").inc()
+            log.error("config reload (%s) failed; keeping the running config: %s", why, exc)
+            return
+        new_server = config.server
+        if (new_server.listen, new_server.admin_listen) != (self.file_server.listen, self.file_server.admin_listen):
+            log.warning("listen addresses changed in %s: restart the gateway for them to take effect", self.path)
+        if new_server.workers != self.file_server.workers:
+            log.warning("server.workers changed in %s: restart the gateway for it to take effect", self.path)
+        self.file_server = new_server
+        config = replace(config, server=replace(new_server, listen=self.config.server.listen,
+                                                admin_listen=self.config.server.admin_listen))
+        runtime = Runtime(config, gateway.http)
+        await runtime.start()
+        old, gateway.runtime = gateway.runtime, runtime
+        self.config = config
+        self._stat = _file_stamp(self.path)  # the watcher must not load this same file again
+        gateway.metrics.reloads.labels("ok").inc()
+        log.info("config reloaded (%s): %d routes", why, len(config.routes))
+        asyncio.get_running_loop().call_later(
+            self.config.server.shutdown_grace, lambda: asyncio.ensure_future(old.close())
+        )
+
+    async def _watch_file(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            stamp = _file_stamp(self.path)
+            if stamp != self._stat:
+                self._stat = stamp
+                await self.reload("file changed")
+
+    async def _drain(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then close."""
+        self.http_server.stop()
+        if self.admin_server is not None:
+            self.admin_server.stop()
+        self.gateway.close_websockets(1001, "gateway shutting down")
+        grace = self.config.server.shutdown_grace
+        log.info("shutting down: waiting up to %.0fs for in-flight requests", grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while (self.gateway.active or self.gateway.websockets) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.gateway.active:
+            log.warning("shutdown grace over: cutting %d request(s)", len(self.gateway.active))
+            for handler in list(self.gateway.active):
+                handler.cut_for_shutdown()
+            await asyncio.sleep(0.1)  # let the 503s reach their clients
+        await self.gateway.close()
+        log.info("gateway stopped")
+
+
+def _file_stamp(path: str) -> Optional[tuple[float, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime, st.st_size)
