@@ -21,9 +21,10 @@ import json
 import logging
 import time
 from typing import Any, Callable, Dict, Optional
-from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from .redact import safe_url
 
 log = logging.getLogger("gateway.discovery")
 
@@ -36,16 +37,6 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 class DiscoveryError(Exception):
     """The discovery document could not be fetched or is not acceptable."""
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user info, query string or fragment: fit for a log line."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def describe_fetch_error(exc: BaseException, url: str) -> str:

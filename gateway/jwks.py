@@ -40,7 +40,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 import jwt
 from tornado.httpclient import AsyncHTTPClient
 
-from .discovery import DiscoveryError, describe_fetch_error, fetch_json, safe_url
+from .discovery import DiscoveryError, describe_fetch_error, fetch_json
+from .redact import safe_url
 from .models import AuthError
 
 log = logging.getLogger("gateway.jwks")

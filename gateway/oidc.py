@@ -53,10 +53,11 @@ from jwt import exceptions as jwt_errors
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from .config import ASYMMETRIC_ALGORITHMS, ProviderConfig
-from .discovery import DiscoveryCache, DiscoveryError, describe_fetch_error, safe_url
+from . import claims
+from .discovery import DiscoveryCache, DiscoveryError, describe_fetch_error
+from .redact import safe_url
 from .jwks import JWKSRegistry, KeysUnavailable
 from .models import AuthError
-from .tokens import _claim, _groups, _string
 
 log = logging.getLogger("gateway.oidc")
 
@@ -187,15 +188,6 @@ def _kept_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         items = [v for v in value if isinstance(v, str) and len(v) <= _MAX_CLAIM_STRING]
         return items[:_MAX_CLAIM_LIST]
-    return None
-
-
-def _email_verified(value: Any) -> Optional[bool]:
-    """``email_verified`` as a bool; some providers send the strings "true"/"false"."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
     return None
 
 
@@ -596,7 +588,7 @@ class OIDCClient:
             raise OIDCError("invalid id_token: no sub", "id_token_malformed")
         groups_claim = self.config.groups_claim
         info: Dict[str, Any] = {}
-        if access_token and (_claim(id_claims, "email") is None or _claim(id_claims, groups_claim) is None):
+        if access_token and (claims.claim(id_claims, "email") is None or claims.claim(id_claims, groups_claim) is None):
             fetched = await self.userinfo(access_token)
             if fetched is not None:
                 if not hmac.compare_digest(str(fetched.get("sub")).encode("utf-8"), sub.encode("utf-8")):
@@ -604,17 +596,17 @@ class OIDCClient:
                     raise OIDCError(REFUSED_TEXT, "userinfo_sub_mismatch")
                 info = fetched
 
-        email_source = id_claims if _string(id_claims.get("email")) else info
-        email = _string(email_source.get("email"))
-        verified = _email_verified(email_source.get("email_verified"))
+        email_source = id_claims if claims.string(id_claims.get("email")) else info
+        email = claims.string(email_source.get("email"))
+        verified = claims.email_verified(email_source.get("email_verified"))
         if email is not None and verified is False:
             log.info("provider %s: ignoring the unverified email of %s", self.name, sub)
             email = None
-        groups_value = _claim(id_claims, groups_claim)
+        groups_value = claims.claim(id_claims, groups_claim)
         if groups_value is None:
-            groups_value = _claim(info, groups_claim)
-        groups = _groups(groups_value)
-        username = _string(id_claims.get("preferred_username")) or _string(info.get("preferred_username"))
+            groups_value = claims.claim(info, groups_claim)
+        groups = claims.groups(groups_value)
+        username = claims.string(id_claims.get("preferred_username")) or claims.string(info.get("preferred_username"))
 
         kept: Dict[str, Any] = {}
         for name in KEPT_CLAIMS:

@@ -61,7 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.config import SessionConfig
-from gateway.discovery import safe_url
+from gateway.redact import safe_url
 
 log = logging.getLogger("gateway.sessions")
 

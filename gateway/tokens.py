@@ -51,6 +51,7 @@ from tornado.httpclient import AsyncHTTPClient
 from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
 from .discovery import DiscoveryCache, DiscoveryError
 from .jwks import DEFAULT_RETRY_INTERVAL, EC_CURVES, RSA_ALGORITHMS, JWKSCache, JWKSRegistry, KeysUnavailable
+from . import claims
 from .models import AuthError, Identity
 
 log = logging.getLogger("gateway.tokens")
@@ -61,7 +62,6 @@ DEFAULT_MAX_TOKEN_LENGTH = 8192
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _WHITESPACE = re.compile(r"[ \t]")
-_GROUP_SEPARATORS = re.compile(r"[,\s]+")
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "secp256k1"}
 
 
@@ -191,32 +191,6 @@ class _Issuer:
 
 def _number(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
-
-
-def _claim(payload: Dict[str, Any], name: str) -> Any:
-    """A claim by name; a dotted name (``realm_access.roles``) walks nested objects."""
-    if name in payload:
-        return payload[name]
-    if "." not in name:
-        return None
-    node: Any = payload
-    for part in name.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _groups(value: Any) -> Tuple[str, ...]:
-    if isinstance(value, str):
-        return tuple(g for g in _GROUP_SEPARATORS.split(value) if g)
-    if isinstance(value, list):
-        return tuple(g for g in value if isinstance(g, str) and g)
-    return ()
-
-
-def _string(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) and value else None
 
 
 class _SharedKeys:
@@ -523,9 +497,9 @@ class TokenVerifier:
         cfg = issuer.config
         return Identity(
             sub=sub,
-            email=_string(_claim(payload, cfg.email_claim)),
-            groups=_groups(_claim(payload, cfg.groups_claim)),
-            preferred_username=_string(_claim(payload, cfg.username_claim)),
+            email=claims.string(claims.claim(payload, cfg.email_claim)),
+            groups=claims.groups(claims.claim(payload, cfg.groups_claim)),
+            preferred_username=claims.string(claims.claim(payload, cfg.username_claim)),
             issuer=issuer.name,
             claims=MappingProxyType(payload),
             source="token",

@@ -11,7 +11,8 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from fake_idp import FakeIdP, SigningKey
-from gateway.discovery import DiscoveryCache, DiscoveryError, fetch_discovery, safe_url
+from gateway.discovery import DiscoveryCache, DiscoveryError, fetch_discovery
+from gateway.redact import safe_url
 from gateway.jwks import JWKSCache, KeysUnavailable, cache_ttl
 from gateway.models import AuthError
 
