@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+source scripts/venv.sh  # as_root, and $PY: the project's own virtual environment
 
 # System packages: real nginx, Caddy, Redis and Chromium for the end-to-end tests; wrk for bench/.
 missing=()
@@ -21,12 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python packages: the gateway itself (editable) with its test extras.
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# Python packages, in the virtual environment: the gateway itself (editable) with its test extras.
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # The certified OpenID Connect provider the browser-login tests run against.
 if [ -f tests/idp/package-lock.json ]; then
   (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-exec python3 -m pytest -q -p no:cacheprovider "$@"
+exec "$PY" -m pytest -q -p no:cacheprovider "$@"
