@@ -24,6 +24,7 @@ include the request method is skipped and the search goes on.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -116,6 +117,7 @@ def _canonical_segment(segment: str) -> str:
     if "%" not in segment and all(c in _RAW_OK for c in segment):
         return segment
     parts: List[str] = []
+    high = False  # a byte >= 0x80: the segment's bytes must then be valid UTF-8
     i = 0
     n = len(segment)
     while i < n:
@@ -129,6 +131,7 @@ def _canonical_segment(segment: str) -> str:
                 raise BadPath(_FORBIDDEN_ENCODED[value])
             if value < 0x20 or value == 0x7F:
                 raise BadPath("encoded control character")
+            high = high or value > 0x7F
             decoded = chr(value)
             parts.append(decoded if decoded in _UNRESERVED else "%" + hex_digits.upper())
             i += 3
@@ -143,9 +146,18 @@ def _canonical_segment(segment: str) -> str:
                 raise BadPath("control character")
             if code > 0xFF:
                 raise BadPath("character is not a latin-1 byte")
+            high = high or code > 0x7F
             parts.append("%%%02X" % code)
         i += 1
-    return "".join(parts)
+    canonical = "".join(parts)
+    if high:
+        # Overlong and invalid sequences (%C0%AE, %E0%80%AE, %FF) are refused like an encoded "/":
+        # a lenient decoder behind the gateway could read them as "." or "/".
+        try:
+            unquote_to_bytes(canonical).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadPath("invalid UTF-8 in path") from None
+    return canonical
 
 
 # --- hosts --------------------------------------------------------------------
@@ -238,11 +250,13 @@ class _Bucket:
             prefix = prefix[: prefix.rfind("/")]
 
 
-_HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]*)(?::[0-9]{1,5})?")
+# A name is dot-separated non-empty labels with at most one trailing dot: "a..b" or ".a"
+# would otherwise miss every host route and fall through to a route without a host.
+_HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)?)(?::[0-9]{1,5})?")
 
 
 def valid_host_header(host: str) -> bool:
-    """A Host header the gateway can route on: a name or IP literal and at most one numeric port."""
+    """A Host header the gateway can route on: a name (no empty label) or IP literal, at most one numeric port."""
     return _HOST_HEADER.fullmatch(host) is not None
 
 

@@ -140,6 +140,10 @@ ROUTE_REFUSALS = [
     (dict(path="/a%2Fb"), 400, "bad path"),
     (dict(path="/a;jsessionid=1"), 400, "bad path"),
     (dict(path="/../etc"), 400, "bad path"),
+    (dict(path="/%C0%AE%C0%AE/etc"), 400, "bad path: invalid UTF-8"),
+    (dict(path="/docs/%E0%80%AE"), 400, "bad path: invalid UTF-8"),
+    (dict(host="secure.example.."), 400, "bad Host header"),
+    (dict(host=".example"), 400, "bad Host header"),
     (dict(path="/ro/x", method="POST"), 405, "method POST not allowed here"),
 ]
 

@@ -432,3 +432,46 @@ def test_public_route_never_forwards_admin(strip, raw):
         assert found.upstream_path == path
         view = naive_upstream_view(found.upstream_path)
         assert view == "/public" or view.startswith("/public/")
+
+
+# --- hardening: overlong / invalid UTF-8 in paths, empty host labels -------------------
+
+INVALID_UTF8 = ["/%C0%AE", "/%C0%AF", "/%E0%80%AE", "/%FF", "/a/%C0%AE%C0%AE/admin", "/%ED%A0%80",
+                "/%F8%88%80%80%80", "/%C3", "/%80", "/\xff", "/\xc0\xae"]
+
+
+@pytest.mark.parametrize("raw", INVALID_UTF8)
+def test_overlong_and_invalid_utf8_escapes_are_refused(raw):
+    with pytest.raises(BadPath, match="invalid UTF-8"):
+        normalize_path(raw)
+
+
+@given(st.binary(min_size=1, max_size=12))
+@settings(max_examples=400, deadline=None)
+def test_percent_encoded_bytes_are_refused_unless_valid_utf8(data):
+    raw = "/" + "".join("%%%02X" % b for b in data)
+    try:
+        out = normalize_path(raw)
+    except BadPath:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return  # refused, as it must be
+        assert b"/" in data or b"\\" in data or any(b < 0x20 or b == 0x7F for b in data) or data in (b".", b"..")
+        return
+    unquote(out, errors="strict")  # whatever passes decodes as strict UTF-8
+    data.decode("utf-8")
+
+
+@pytest.mark.parametrize("host", ["secure.example..", ".example", "..", "a..b", ".", "a..b:8080", "..:80"])
+def test_host_with_an_empty_label_is_not_routable(host):
+    from gateway.routing import valid_host_header
+
+    assert not valid_host_header(host)
+
+
+@pytest.mark.parametrize("host", ["example.com", "example.com.", "a-b.c_d:8080", "[::1]:8080", "127.0.0.1", ""])
+def test_ordinary_hosts_are_routable(host):
+    from gateway.routing import valid_host_header
+
+    assert valid_host_header(host)
