@@ -8,25 +8,24 @@ it does not answer itself. Tests and ``server`` call ``make_app``.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from tornado import httputil, web
 
-from .answers import Refusal
 from .fastpath import FastDelegate
-from .handlers import OWN_HANDLERS, ProxyHandler, RefusalHandler, log_request
-from .pipeline import OwnEndpoint
+from .handlers import OWN_HANDLERS, ProxyHandler, AnswerHandler, log_request
+from .pipeline import Outcome, OwnEndpoint
 from .routing import Match
 from .runtime import Gateway
 from .websocket import WebSocketRelay
 
 
-def handler_for(found: Union[Match, OwnEndpoint, Refusal], upgrade: bool) -> type:
+def handler_for(found: Outcome, upgrade: bool) -> type:
     """Which handler takes a request the fast delegate hands over."""
     if isinstance(found, OwnEndpoint):
         return OWN_HANDLERS[found.name]
-    if isinstance(found, Refusal):
-        return RefusalHandler
+    if not isinstance(found, Match):
+        return AnswerHandler
     return WebSocketRelay if upgrade else ProxyHandler
 
 

@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from tornado import httputil
 
 from . import pipeline
-from .answers import Answer, Refusal
+from .answers import Answer
 from .forwarding import ConnectionSink, Exchange, UpstreamError
 from .pages import is_browser, render
 from .pipeline import Accepted, Admitted, OwnEndpoint, RequestHead
+from .routing import Match
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Gateway, Runtime
@@ -68,12 +69,12 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         fast = (request.method in pipeline.BODILESS and "Content-Length" not in headers
                 and "Transfer-Encoding" not in headers and "Upgrade" not in headers)
         if fast and not isinstance(found, OwnEndpoint):
-            outcome = found if isinstance(found, Refusal) else pipeline.admit_now(acc, runtime, found)
+            outcome = pipeline.admit_now(acc, runtime, found) if isinstance(found, Match) else found
             if isinstance(outcome, Admitted):
                 self._proxy(acc, runtime, outcome)
                 return None
-            if isinstance(outcome, Refusal):
-                self._refuse(acc, runtime, outcome)
+            if outcome is not None:
+                self._refuse(acc, runtime, outcome)  # type: ignore[arg-type]
                 return None
         return self._hand_over(request, start_line, headers, acc, found)
 

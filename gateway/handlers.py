@@ -209,14 +209,13 @@ class ProxyHandler(GatewayHandler):
 
 
 @web.stream_request_body
-class RefusalHandler(GatewayHandler):
-    """The route step already refused it (400, 404, 405): answer that, whatever the method."""
+class AnswerHandler(GatewayHandler):
+    """The route step already answered (400, 404, 405, back from sign-out): send that, whatever the method."""
 
     SUPPORTED_METHODS = ProxyHandler.SUPPORTED_METHODS
 
     def prepare(self) -> None:
-        found = self.found
-        self.answer(found if isinstance(found, Refusal) else Refusal(404, "no route"))
+        self.answer(self.found)
 
 
 # -- /oauth2/* on the proxy port ------------------------------------------------

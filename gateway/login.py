@@ -44,6 +44,7 @@ UNAVAILABLE = "The sign-in service is not reachable right now. Try again in a mo
 log = logging.getLogger("gateway.login")
 
 LOGIN_STATE_TTL = 600.0
+SIGNED_OUT_TTL = 600  # how long the round trip through the provider's sign-out may take
 MAX_PENDING_LOGINS = 3
 REFRESH_BEFORE = 60.0  # refresh this long before the access token expires
 REFRESH_WAIT = 10.0
@@ -65,6 +66,7 @@ class LoginManager:
         self.redirect_uri = self.public_url + "/oauth2/callback"
         self.cookie_name = session.cookie_name
         self.login_cookie_prefix = session.cookie_name + "_login_"
+        self.signed_out_cookie = session.cookie_name + "_signed_out"  # carries rd across the provider's sign-out
         self.store: SessionStore = make_session_store(session)
         assert session.secret is not None
         self.state_codec = CookieCodec(session.secret, session.previous_secrets, purpose="login-state")
@@ -377,26 +379,62 @@ class LoginManager:
 
     # -- sign-out -----------------------------------------------------------------
 
-    async def sign_out(self, rd: Optional[str], cookies: Mapping[str, str]) -> Tuple[Redirect, Optional[Session]]:
-        """End the session (and at the provider when it offers end_session_endpoint).
+    async def sign_out(self, rd: Optional[str], cookies: Mapping[str, str]) -> Tuple[Answer, Optional[Session]]:
+        """End the session, and at the provider when it offers end_session_endpoint.
 
-        Returns the redirect and the session that ended, whose WebSockets the caller closes.
+        The provider is always given one registered ``post_logout_redirect_uri``
+        (``<public_url>/`` unless the provider sets its own), never ``rd``: ``rd``
+        travels in a short-lived cookie of ours, and ``landing`` sends the browser
+        on to it when it comes back. Without ``rd`` the browser ends on a "signed
+        out" page. Returns the answer and the session that ended, whose
+        WebSockets the caller closes.
         """
-        rd = safe_redirect_path(rd)
+        target = safe_redirect_path(rd) if rd else ""
         session = await self.store.load(cookies)
         ops = await self._clear(cookies)
-        ops += tuple(CookieOp(name) for name in cookies if name.startswith(self.login_cookie_prefix))
+        ops += tuple(CookieOp(name) for name in cookies
+                     if name.startswith(self.login_cookie_prefix) or name == self.signed_out_cookie)
         if session is not None:
             client = self.clients.get(session.provider)
             if client is not None:
+                landing = getattr(client.config, "post_logout_redirect_uri", "") or self.public_url + "/"  # MERGE: config field
                 try:
                     url = await client.end_session_url(id_token_hint=session.id_token,
-                                                       post_logout_redirect_uri=self.public_url + rd)
+                                                       post_logout_redirect_uri=landing)
                 except OIDCError:
                     url = None
                 if url:
-                    return Redirect(url, cookies=ops), session
-        return Redirect(rd, cookies=ops), session
+                    at = urlsplit(landing).path or "/"
+                    note = json.dumps({"rd": target, "at": at}).encode()
+                    value = self.state_codec.encode(self.signed_out_cookie, note, SIGNED_OUT_TTL)
+                    return Redirect(url, reason="signed out", cookies=ops + (
+                        CookieOp(self.signed_out_cookie, value, SIGNED_OUT_TTL),)), session
+        if target:
+            return Redirect(target, reason="signed out", cookies=ops), session
+        return _signed_out_page(ops), session
+
+    def landing(self, cookies: Mapping[str, str], path: str) -> Optional[Answer]:
+        """Back from the provider's sign-out at its landing path: on to ``rd``, or the "signed out" page."""
+        value = cookies.get(self.signed_out_cookie)
+        if value is None:
+            return None
+        raw = self.state_codec.decode(self.signed_out_cookie, value)
+        try:
+            note = json.loads(raw) if raw else None
+        except ValueError:
+            note = None
+        if not isinstance(note, dict) or note.get("at") != path:
+            return None
+        done = (CookieOp(self.signed_out_cookie),)
+        rd = note.get("rd")
+        if isinstance(rd, str) and rd:
+            return Redirect(safe_redirect_path(rd), reason="signed out", cookies=done)
+        return _signed_out_page(done)
+
+
+def _signed_out_page(cookies: Cookies) -> Page:
+    return Page("signed_out.html", {"title": "Signed out"}, reason="signed out", cookies=cookies)
+
 
 def _ops(update: CookieUpdate) -> Cookies:
     return tuple(CookieOp(name) for name in update.clear) + tuple(

@@ -171,8 +171,11 @@ def accept(head: RequestHead, runtime: "Runtime") -> Accepted:
 
 
 def route(acc: Accepted, runtime: "Runtime", *, host: Optional[str] = None, path: Optional[str] = None,
-          method: Optional[str] = None) -> Union[Match, OwnEndpoint, Refusal]:
-    """The route for this host and normalised path; the gateway's own endpoints come first."""
+          method: Optional[str] = None, landing: bool = True) -> Union[Match, OwnEndpoint, Answer]:
+    """The route for this host and normalised path; the gateway's own endpoints come first.
+
+    A browser coming back from the provider's sign-out is answered here (``landing``).
+    """
     head = acc.head
     host = head.host if host is None else host
     method = head.method if method is None else method
@@ -182,6 +185,11 @@ def route(acc: Accepted, runtime: "Runtime", *, host: Optional[str] = None, path
         normal = normalize_path(head.path if path is None else path)
     except BadPath as exc:
         return Refusal(400, f"bad path: {exc}")
+    login = runtime.login
+    if (landing and login is not None and method in BODILESS and login.signed_out_cookie in head.headers.get("Cookie", "")):
+        back = login.landing(head.cookies, normal)  # back from the provider's sign-out
+        if back is not None:
+            return back
     if normal == OWN_PREFIX or normal.startswith(OWN_PREFIX + "/"):
         name = normal[len(OWN_PREFIX) + 1:].rstrip("/")
         if name in OWN_ENDPOINTS:
@@ -291,8 +299,7 @@ def exchange_for(plan: UpstreamPlan, sink: Any, clients: Any) -> Exchange:
 # -- the whole admission -------------------------------------------------------------
 
 
-def admit_now(acc: Accepted, runtime: "Runtime",
-              found: Union[Match, OwnEndpoint, Refusal]) -> Optional[Outcome]:
+def admit_now(acc: Accepted, runtime: "Runtime", found: Outcome) -> Optional[Outcome]:
     """The common case decided without waiting: a public route, or a bearer token verified moments ago.
 
     ``found`` is the route step's result. Returns None when the answer needs
@@ -322,7 +329,7 @@ def admit_now(acc: Accepted, runtime: "Runtime",
 
 
 async def admit(acc: Accepted, runtime: "Runtime", *, websocket: bool = False,
-                found: Optional[Union[Match, OwnEndpoint, Refusal]] = None) -> Outcome:
+                found: Optional[Outcome] = None) -> Outcome:
     """Route, check the body, authenticate, authorize and plan; or the answer that stops the request.
 
     ``found`` is the route step's result when the adapter already ran it.
@@ -394,12 +401,10 @@ async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:
     method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or "GET"
     path = (uri or "/").partition("?")[0]
     acc.scope.path = path
-    found = route(acc, runtime, host=host, path=path, method=method)
-    if isinstance(found, Refusal):
-        if found.status == 400:
-            return Refusal(403, f"forward-auth: {found.reason}")
-        return Refusal(403, "forward-auth: no route for this method and path")
-    if isinstance(found, OwnEndpoint):
+    found = route(acc, runtime, host=host, path=path, method=method, landing=False)
+    if isinstance(found, Refusal) and found.status == 400:
+        return Refusal(403, f"forward-auth: {found.reason}")
+    if not isinstance(found, Match):
         return Refusal(403, "forward-auth: no route for this method and path")
     r = found.route
     try:

@@ -417,6 +417,36 @@ def test_sign_out_ends_both_sessions_and_comes_back(env: Env, ctx: Any, page: An
     assert_loopback_only(ctx)
 
 
+def test_sign_out_with_rd_sends_the_registered_uri_and_lands_on_rd(env: Env, ctx: Any, page: Any) -> None:
+    """The provider only knows <public_url>/: rd travels with us and the browser ends on it."""
+    sign_in_at(env, page, "/app/before")
+    with RequestLog(ctx) as log:
+        page.goto(env.url + "/oauth2/sign_out?rd=/app/after?x=1")
+        page.wait_for_url(lambda u: urllib.parse.urlsplit(u).path.startswith("/interaction/")
+                          or u == env.url + "/app/after?x=1")
+    end = log.query_of(env.idp.issuer + "/session/end?")
+    assert end["post_logout_redirect_uri"] == env.url + "/"  # registered, never <public_url>/app/after
+    # the protected page asks for a login again: the provider's sign-in form
+    assert page.url.startswith(env.idp.issuer + "/interaction/"), page.url
+    assert [u for u in log.urls if urllib.parse.urlsplit(u).path == "/app/after"], log.urls
+    left = [n for n in cookies(ctx, env.url) if is_gateway_cookie(n) and "_login_" not in n]
+    assert not left, left  # only the new login's pending state, no session and no sign-out note
+    assert_loopback_only(ctx)
+
+
+def test_sign_out_without_rd_ends_on_a_signed_out_page(env: Env, ctx: Any, page: Any) -> None:
+    sign_in_at(env, page, "/app/x")
+    page.goto(env.url + "/oauth2/sign_out")
+    page.wait_for_url(env.url + "/")
+    assert page.title().startswith("Signed out")
+    assert page.get_by_role("link", name="Sign in again").get_attribute("href") == "/oauth2/start?rd=%2F"
+    assert not [n for n in cookies(ctx, env.url) if is_gateway_cookie(n)]
+    # a second visit to / is the site again, not the page
+    before = env.up.last("/")
+    page.goto(env.url + "/")
+    assert env.up.last("/") is not before
+
+
 # --------------------------------------------------------------------------- the callback's checks
 
 
