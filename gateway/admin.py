@@ -24,6 +24,8 @@ class PingHandler(web.RequestHandler):
         self.set_header("Content-Type", "text/plain")
         self.write("OK\n")
 
+    head = get
+
 
 class ReadyHandler(PingHandler):
     async def get(self) -> None:
@@ -33,11 +35,15 @@ class ReadyHandler(PingHandler):
             self.set_status(503)
         self.write(json.dumps({"ready": not problems, "problems": problems}))
 
+    head = get
+
 
 class MetricsHandler(PingHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.write(self.gateway.metrics.exposition())
+
+    head = get
 
 
 def make_admin_app(gateway: "Gateway") -> web.Application:

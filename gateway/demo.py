@@ -21,7 +21,7 @@ from tornado import httpserver, netutil, web
 
 from .server import Server, run
 from .config import ConfigError
-from .devidp import DevIdentityProvider
+from .devidp import DevIdentityProvider, log_without_query
 from .loader import load
 
 
@@ -117,7 +117,7 @@ def run_demo(port: int = 8080) -> int:
         return 1
 
     async def main() -> int:
-        httpserver.HTTPServer(web.Application([(r".*", EchoHandler)])).add_sockets(echo_sockets)
+        httpserver.HTTPServer(web.Application([(r".*", EchoHandler)], log_function=log_without_query)).add_sockets(echo_sockets)
         httpserver.HTTPServer(idp.make_app()).add_sockets(idp_sockets)
         banner = textwrap.dedent(f"""
             gateway demo: for trying the gateway on this machine, never for production.

@@ -34,6 +34,7 @@ from urllib.parse import unquote_plus, urlencode, urlsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tornado.escape import xhtml_escape
+from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
 CODE_TTL = 60  # seconds an authorization code stays redeemable
@@ -147,7 +148,8 @@ class DevIdentityProvider:
             ("/userinfo", UserInfoHandler),
             ("/logout", LogoutHandler),
         ]
-        return Application([(re.escape(self.base_path + p), h, {"idp": self}) for p, h in handlers])
+        return Application([(re.escape(self.base_path + p), h, {"idp": self}) for p, h in handlers],
+                           log_function=log_without_query)
 
     # -- documents -------------------------------------------------------------------
 
@@ -472,3 +474,13 @@ class LogoutHandler(_Handler):
             state = self.get_argument("state", "")
             return self.redirect(_add_query(target, {"state": state}) if state else target)
         self.message("Signed out", "You are signed out. You can close this window.")
+
+
+def log_without_query(handler: RequestHandler) -> None:
+    """Tornado's access log without the query string: it carries codes, states and id_token_hint."""
+    status = handler.get_status()
+    if status < 400:
+        return
+    request = handler.request
+    log = access_log.warning if status < 500 else access_log.error
+    log("%d %s %s (%s)", status, request.method, request.path, request.remote_ip)

@@ -248,9 +248,9 @@ def forbidden(acc: Accepted, route: RouteConfig, identity: Identity, reason: str
     head = acc.head
     acc.scope.failure = "forbidden"
     log.info("denied %s to %s on route %s: %s", head.method, identity.sub, route.name, reason)
-    sign_out = ""
-    if identity.source == "session":
-        sign_out = "/oauth2/sign_out?" + urlencode({"rd": safe_redirect_path(head.uri)})
+    if identity.source != "session":  # a bearer token: nobody "signed in", and there is nothing to sign out of
+        return Refusal(403, reason, description="The token you sent does not give access to this page.")
+    sign_out = "/oauth2/sign_out?" + urlencode({"rd": safe_redirect_path(head.uri)})
     return Refusal(403, reason, signed_in_as=identity.email or identity.preferred_username or identity.sub,
                    sign_out_url=sign_out)
 

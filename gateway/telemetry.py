@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector, ProcessCollector, generate_latest,
+    multiprocess,
+)
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -63,6 +66,13 @@ def enable_multiprocess(directory: str) -> None:
     values.ValueClass = values.get_value_class()
 
 
+def _process_collectors(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, file descriptors), python_gc_* and python_info."""
+    ProcessCollector(registry=registry)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of their own (one per app)."""
 
@@ -91,12 +101,14 @@ class Metrics:
         )
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now.", registry=r,
                                multiprocess_mode="livesum")
+        _process_collectors(r)
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process's registry, or every worker's when there are several."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            _process_collectors(registry)  # of the process answering: prometheus cannot merge them
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -123,12 +135,13 @@ class AccessLog:
         self._stamp = ""
 
     def _now(self) -> str:
-        """The current UTC second, formatted once per second rather than once per request."""
-        second = int(time.time())
+        """The current UTC time with milliseconds; the date and second are formatted once per second."""
+        now = time.time()
+        second = int(now)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + "Z"
-        return self._stamp
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def _flush(self) -> None:
         self._flush_scheduled = False

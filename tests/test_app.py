@@ -137,3 +137,23 @@ routes:
         resp = await request
         assert resp.code == 503
         assert resp.headers["Retry-After"] == "1" and resp.headers["Connection"] == "close"
+
+
+def test_403_page_for_a_bearer_token_does_not_say_signed_in():
+    from gateway.answers import Refusal
+    from gateway.pages import render
+
+    from gateway import pipeline
+
+    class _Ident:
+        source, sub, email, preferred_username = "token", "bob", None, None
+
+    class _Acc:
+        head = type("H", (), {"method": "GET", "uri": "/x"})()
+        scope = type("S", (), {"failure": None})()
+
+    refusal = pipeline.forbidden(_Acc(), type("R", (), {"name": "r"})(), _Ident(), "no rule")  # type: ignore[arg-type]
+    page = render(refusal, browser=True, request_id="r").body.decode()
+    assert isinstance(refusal, Refusal) and refusal.status == 403
+    assert "signed in" not in page.lower() and "Sign out" not in page
+    assert "token you sent" in page

@@ -316,6 +316,21 @@ class DevIdPTest(AsyncHTTPTestCase):
         self.assertEqual(response.code, 200)
         self.assertIn("You are signed out", response.body.decode())
 
+    @gen_test
+    async def test_access_log_never_holds_tokens_or_codes(self):
+        code, verifier = await self.get_code()
+        _, tokens = await self.exchange(code, verifier)
+        forged = tokens["id_token"][:-4] + "AAAA"
+        with self.assertLogs("tornado.access", "WARNING") as logs:
+            response = await self.fetch_("/logout?" + urlencode({"id_token_hint": forged, "state": "s3cr3t"}))
+            self.assertEqual(response.code, 400)
+            response = await self.fetch_("/authorize?" + urlencode({"client_id": "nope", "code": code}))
+            self.assertGreaterEqual(response.code, 400)
+        text = "\n".join(logs.output)
+        self.assertIn("/logout", text)
+        for secret in (forged, tokens["id_token"][:40], "s3cr3t", code):
+            self.assertNotIn(secret, text)
+
 
 def test_default_user_and_generated_password():
     idp = DevIdentityProvider("http://127.0.0.1:1/", client_id="c", client_secret="s", redirect_uris=[REDIRECT])

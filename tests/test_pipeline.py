@@ -226,7 +226,8 @@ def test_forbidden_is_403_and_counts_as_forbidden(runtime):
     acc, out = decide(runtime, head("/api/x", Authorization="Bearer " + token("bob")))
     assert isinstance(out, Refusal) and out.status == 403
     assert acc.scope.failure == "forbidden"
-    assert out.signed_in_as == "bob" and out.sign_out_url == ""  # a token, not a session: no sign-out link
+    # a token, not a session: nobody is "signed in" and there is no sign-out link
+    assert out.signed_in_as == "" and out.sign_out_url == "" and "token" in out.description
 
 
 @pytest.mark.parametrize("length,status", [("2000", 413), ("²", 400), ("1e3", 400), ("-1", 400), ("", 400), ("+5", 400), ("0x10", 400)])
