@@ -27,6 +27,7 @@ MIN_SECRET_BYTES = 32
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 120.0
 DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 30.0
 
 AUTH_LOGIN = "login"
 AUTH_TOKEN = "token"
@@ -62,6 +63,7 @@ class ServerConfig:
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE  # request line + headers; larger is refused (431)
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # a keep-alive connection with no request is closed
     header_timeout: float = DEFAULT_HEADER_TIMEOUT  # a client must send its request head within this
+    body_timeout: float = DEFAULT_BODY_TIMEOUT  # the longest pause between request body bytes (408 and close)
     max_connections: int = 0  # open client connections per process; 0 = no cap
     reuse_port: bool = False  # workers: a socket each (even spread) instead of one shared (survives a crash)
 

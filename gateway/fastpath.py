@@ -47,6 +47,9 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     exchange: Optional[Exchange] = None
     running = False
     nbytes = 0
+    handler: Any = None  # the RequestHandler a request was handed to (it registers itself)
+    _body_timer: Optional[asyncio.TimerHandle] = None
+    _body_seen_at = 0.0
 
     def __init__(self, app: Any, gateway: "Gateway", server_conn: object, request_conn: httputil.HTTPConnection):
         self.app = app
@@ -76,12 +79,14 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             if outcome is not None:
                 self._refuse(acc, runtime, outcome)  # type: ignore[arg-type]
                 return None
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:
+            self._watch_body(runtime.config.server.body_timeout)
         return self._hand_over(request, start_line, headers, acc, found)
 
     def _hand_over(self, request: httputil.HTTPServerRequest, start_line: Any, headers: Any, acc: Accepted,
                    found: Any) -> Any:
         handler = self.app.handler_for(found, headers.get("Upgrade", "").lower() == "websocket")
-        kwargs = {"gateway": self.gateway, "accepted": acc, "found": found}
+        kwargs = {"gateway": self.gateway, "accepted": acc, "found": found, "entry": self}
         self.fallback = self.app.get_handler_delegate(request, handler, kwargs)
         return self.fallback.headers_received(start_line, headers)
 
@@ -162,18 +167,51 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.sink.close()
         self._done(self.sink.status)
 
+    # -- a request body that stops arriving (server.body_timeout) -----------------------
+
+    def _watch_body(self, timeout: float) -> None:
+        """Time the longest pause between body bytes; one timer per request, re-armed only when it fires."""
+        if timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._body_timeout = timeout
+        self._body_seen_at = loop.time()
+        self._body_timer = loop.call_later(timeout, self._check_body)
+
+    def _check_body(self) -> None:
+        loop = asyncio.get_running_loop()
+        paused = loop.time() - self._body_seen_at
+        if paused < self._body_timeout:
+            self._body_timer = loop.call_later(self._body_timeout - paused, self._check_body)
+            return
+        self._body_timer = None
+        handler = self.handler
+        if handler is not None:
+            handler.body_stalled(self._body_timeout)  # 408 and close, or close if the answer has begun
+        else:
+            self.connection.close()
+
+    def _stop_watching(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     # -- the rest of the message ---------------------------------------------------
 
     def data_received(self, chunk: bytes) -> Any:
+        if self._body_timer is not None:
+            self._body_seen_at = asyncio.get_running_loop().time()
         if self.fallback is not None:
             return self.fallback.data_received(chunk)
         return None  # a bodiless request has none
 
     def finish(self) -> None:
+        self._stop_watching()
         if self.fallback is not None:
             self.fallback.finish()
 
     def on_connection_close(self) -> None:
+        self._stop_watching()
         if self.fallback is not None:
             self.fallback.on_connection_close()
             return

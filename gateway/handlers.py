@@ -36,7 +36,9 @@ class GatewayHandler(web.RequestHandler):
 
     bytes_out = 0
 
-    def initialize(self, gateway: "Gateway", accepted: Accepted, found: Any = None) -> None:
+    def initialize(self, gateway: "Gateway", accepted: Accepted, found: Any = None, entry: Any = None) -> None:
+        if entry is not None:
+            entry.handler = self  # the connection's entry times a stalled body and tells us (body_stalled)
         self.gateway = gateway
         self.runtime: "Runtime" = gateway.runtime  # one config for the whole request, even across a reload
         self.accepted = accepted
@@ -71,6 +73,14 @@ class GatewayHandler(web.RequestHandler):
                 self.set_header(name, value)  # over Tornado's defaults (Content-Type)
         self.bytes_out = len(rendered.body)
         self.finish(rendered.body if self.request.method != "HEAD" else b"")
+
+    def body_stalled(self, timeout: float) -> None:
+        """The client stopped sending its body (server.body_timeout): 408 and close."""
+        log.info("request body stalled for %gs from %s: closing", timeout, self.scope.client_ip)
+        if self._finished:
+            self.request.connection.close()
+            return
+        self.answer(Refusal(408, f"request body stalled for {timeout:g}s", headers=(("Connection", "close"),)))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Never a stack trace: the log has it, the client gets a plain page."""
@@ -149,6 +159,16 @@ class ProxyHandler(GatewayHandler):
                 self.request.connection.close()
             return None
         return self.exchange.feed(chunk)
+
+    def body_stalled(self, timeout: float) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.abort()
+            if exchange.started:  # the upstream's answer is on its way: all we can do is cut it
+                self.scope.reason = f"request body stalled for {timeout:g}s"
+                self.request.connection.close()
+                return
+        super().body_stalled(timeout)
 
     def cut_for_shutdown(self) -> None:
         """The shutdown grace period is over: 503 if nothing was sent yet, else close."""

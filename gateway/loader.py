@@ -90,6 +90,7 @@ SERVER_KEYS = (
     "max_header_size",
     "idle_timeout",
     "header_timeout",
+    "body_timeout",
     "max_connections",
     "reuse_port",
 )
@@ -773,7 +774,7 @@ class _Loader:
                     self.error(node, "server: max_header_size must be at least 1KB")
                 else:
                     values["max_header_size"] = size
-        for key in ("idle_timeout", "header_timeout"):
+        for key in ("idle_timeout", "header_timeout", "body_timeout"):
             if (node := value(key)) is not None:
                 seconds = self.get_duration(node, f"server: {key}", positive=True)
                 if seconds is not _BAD:

@@ -37,6 +37,7 @@ server:
   max_header_size: 8KB
   idle_timeout: 1s
   header_timeout: 1s
+  body_timeout: 1s
 routes:
   - name: small
     path: /small
@@ -222,6 +223,46 @@ def test_trickled_request_head_is_cut_after_header_timeout(gw):
     assert got == b"" or status_of(got) in (400, 408), got[:100]
     assert seconds <= 2.2, seconds
     assert set(statuses) == {200}
+
+
+STALLED_BODIES = [  # (head, first body bytes, the status, answered at once?)
+    (b"POST /pub/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 3000\r\n\r\n", b"0123456789", 408, False),
+    (b"POST /pub/upload HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n", b"a\r\n0123456789\r\n",
+     408, False),
+    (b"POST /oauth2/sign_out HTTP/1.1\r\nHost: gw\r\nContent-Length: 3000\r\n\r\n", b"0123456789", 408, False),
+    (b"PUT /nowhere%2Fx HTTP/1.1\r\nHost: gw\r\nContent-Length: 3000\r\n\r\n", b"0123456789", 400, True),
+    (b"POST /pub/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n", b"0123456789", 413, True),
+]
+
+
+@pytest.mark.parametrize("head,start,status,at_once", STALLED_BODIES,
+                         ids=["proxied", "chunked", "own-endpoint", "refused", "too-large"])
+def test_stalled_request_body_gets_408_and_is_closed_after_body_timeout(gw, head, start, status, at_once):
+    """The head and a few body bytes, then nothing: the slot is freed after body_timeout, not held forever."""
+    sock = connect(gw)
+    sock.sendall(head + start)
+    (seconds, got), statuses = _stall_and_serve_others(gw, sock)
+    sock.close()
+    assert status_of(got) == status, got[:200]
+    if at_once:  # refused before the body mattered: answered and closed without waiting for it
+        assert seconds < 0.7, seconds
+    else:
+        assert 0.7 <= seconds <= 3.0, seconds
+        assert b"Connection: close" in got
+        assert statuses and set(statuses) == {200}
+    assert set(statuses) <= {200} and served(gw)
+
+
+def test_trickled_body_within_body_timeout_is_forwarded_whole(gw, upstream):
+    sock = connect(gw, timeout=10)
+    sock.sendall(b"POST /pub/slow-upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 30\r\n\r\n")
+    for _ in range(3):  # 10 bytes every 0.5 s: each pause is under the 1 s timeout, the whole over it
+        sock.sendall(b"0123456789")
+        time.sleep(0.5)
+    response = read_response(sock)
+    sock.close()
+    assert status_of(response) == 200, response[:200]
+    assert upstream.last("/pub/slow-upload")["body_bytes"] == 30
 
 
 # --------------------------------------------------------------------------- max_connections
