@@ -120,19 +120,24 @@ class OwnEndpoint:
     name: str
 
 
-@dataclass(frozen=True)
 class UpstreamPlan:
-    """Everything the exchange needs to send the request upstream."""
+    """Everything the exchange needs to send the request upstream (a slotted class: built per request)."""
 
-    balancer: Balancer
-    method: str
-    path_and_query: str
-    headers: list
-    content_length: Optional[int]
-    has_body: bool
-    preserve_host: Optional[str]
-    timeout: float
-    connect_timeout: float
+    __slots__ = ("balancer", "method", "path_and_query", "headers", "content_length", "has_body", "preserve_host",
+                 "timeout", "connect_timeout")
+
+    def __init__(self, balancer: Balancer, method: str, path_and_query: str, headers: list,
+                 content_length: Optional[int], has_body: bool, preserve_host: Optional[str], timeout: float,
+                 connect_timeout: float):
+        self.balancer = balancer
+        self.method = method
+        self.path_and_query = path_and_query
+        self.headers = headers
+        self.content_length = content_length
+        self.has_body = has_body
+        self.preserve_host = preserve_host
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
 
 
 class Admitted:
@@ -221,6 +226,8 @@ def content_length(value: Optional[str]) -> Optional[int]:
 
 def check_body(head: RequestHead, route: RouteConfig, runtime: "Runtime") -> Optional[Refusal]:
     """Refuse an oversized or malformed body before anything reaches the upstream."""
+    if "Content-Length" not in head.headers:
+        return None  # bodiless, or chunked (limited as it streams)
     length = content_length(head.headers.get("Content-Length"))
     if length == -1:
         return Refusal(400, "bad content-length")
