@@ -26,7 +26,7 @@ from .handlers import (
     SignOutHandler, StartHandler, UserInfoHandler, log_request,
 )
 from . import jwks as _jwks
-from .proxy import Balancer, Clients
+from .forwarding import Balancer, Clients
 from .routing import RouteTable
 from .telemetry import AccessLog, Metrics
 from .tokens import TokenVerifier

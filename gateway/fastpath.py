@@ -25,7 +25,7 @@ from . import forwarded
 from .config import AUTH_PUBLIC
 from .models import Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers, retrieve_outcome
+from .forwarding import ConnectionSink, Exchange, UpstreamError, forwarded_request_headers
 from .routing import BadPath, Match, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 from .tokens import bearer_from_header
@@ -34,48 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .app import Gateway
 
 FAST_METHODS = frozenset({"GET", "HEAD"})
-
-
-class FastResponse:
-    """The part of a RequestHandler that ``proxy.Exchange`` writes to, on a bare connection."""
-
-    def __init__(self, request: httputil.HTTPServerRequest, request_id: str):
-        self.request = request
-        self.request_id = request_id
-        self.status = 200
-        self.reason = "OK"
-        self._headers = httputil.HTTPHeaders()
-        self._chunks: list[bytes] = []
-        self.headers_written = False
-        self.finished = False
-
-    def set_status(self, code: int, reason: str) -> None:
-        self.status, self.reason = code, reason
-
-    def write(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
-
-    def flush(self) -> "Any":
-        if self.finished:
-            raise RuntimeError("response already finished")
-        chunk = b"".join(self._chunks)
-        self._chunks.clear()
-        conn = self.request.connection
-        assert conn is not None
-        if not self.headers_written:
-            self.headers_written = True
-            start = httputil.ResponseStartLine("HTTP/1.1", self.status, self.reason)
-            return conn.write_headers(start, self._headers, chunk)
-        return conn.write(chunk)
-
-    def finish(self) -> None:
-        if self.finished:
-            return
-        if not self.headers_written or self._chunks:
-            self.flush().add_done_callback(retrieve_outcome)
-        self.finished = True
-        assert self.request.connection is not None
-        self.request.connection.finish()
 
 
 class FastDelegate(httputil.HTTPMessageDelegate):
@@ -156,8 +114,10 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.scope.route = route.name
         if identity is not None:
             self.scope.user = identity.sub
-        upstream_headers = forwarded_request_headers(headers, fwd, rid, identity, runtime.login)
-        self.response = FastResponse(request, rid)
+        login = runtime.login
+        upstream_headers = forwarded_request_headers(headers, fwd, rid, identity,
+                                                     login.cookie_name if login is not None else None)
+        self.response = ConnectionSink(request.connection, rid, request.method or "GET")
         query = request.query
         self.exchange = Exchange(
             self.response, self.gateway.clients, runtime.balancers[route.name],
@@ -205,13 +165,11 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.scope.reason = reason
         is_html, body = render_error(self.request, status, self.scope.request_id)
         response = self.response
-        response.set_status(status, httputil.responses.get(status, "Error"))
-        response._headers = httputil.HTTPHeaders({
-            "Content-Type": "text/html; charset=utf-8" if is_html else "application/json",
-            "Cache-Control": "no-store", "X-Request-Id": self.scope.request_id, "Content-Length": str(len(body)),
-        })
-        if self.request.method != "HEAD":
-            response.write(body)
+        response.start(status, httputil.responses.get(status, "Error"), [
+            ("Content-Type", "text/html; charset=utf-8" if is_html else "application/json"),
+            ("Cache-Control", "no-store"), ("X-Request-Id", self.scope.request_id), ("Content-Length", str(len(body))),
+        ])
+        response.write(body)  # nothing for HEAD: the sink knows
         self.bytes_error = len(body)
         try:
             response.finish()

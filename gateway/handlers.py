@@ -24,7 +24,8 @@ from .redirects import safe_redirect_path
 from .config import AUTH_PUBLIC
 from .models import AuthError, Identity
 from .policy import authorize
-from .proxy import Exchange, UpstreamError, forwarded_request_headers, identity_value, retrieve_outcome
+from .forwarding import (Exchange, HandlerSink, UpstreamError, forwarded_request_headers, identity_value,
+                         retrieve_outcome)
 from .routing import BadPath, Match, MethodNotAllowed, normalize_path, valid_host_header
 from .telemetry import RequestScope, request_id
 
@@ -201,8 +202,9 @@ class GatewayHandler(web.RequestHandler):
 
     def upstream_header_list(self) -> list[tuple[str, str]]:
         """What the upstream receives: the client's end-to-end headers, then the gateway's own."""
+        login = self.runtime.login
         return forwarded_request_headers(self.request.headers, self.forwarded, self.request_id, self.identity,
-                                         self.runtime.login)
+                                         login.cookie_name if login is not None else None)
 
     def deny_token(self, error: AuthError) -> None:
         """RFC 6750: a token was sent and is not acceptable."""
@@ -250,7 +252,7 @@ class ProxyHandler(GatewayHandler):
         has_body = bool(length) or "chunked" in req.headers.get("Transfer-Encoding", "").lower()
         query = req.query
         self.exchange = Exchange(
-            self, self.gateway.clients, self.runtime.balancers[route.name],
+            HandlerSink(self), self.gateway.clients, self.runtime.balancers[route.name],
             method=req.method or "GET",
             path_and_query=match.upstream_path + ("?" + query if query else ""),
             headers=self.upstream_header_list(),

@@ -408,19 +408,6 @@ class LoginManager:
 
     # -- cookies ------------------------------------------------------------------
 
-    def upstream_cookie_header(self, values: list[str]) -> str:
-        """The client's Cookie header without the gateway's own cookies, which upstreams must never see."""
-        kept = []
-        for value in values:
-            for part in value.split(";"):
-                name = part.split("=", 1)[0].strip()
-                if not name:
-                    continue
-                if name == self.cookie_name or name.startswith(self.cookie_name + "_"):
-                    continue
-                kept.append(part.strip())
-        return "; ".join(kept)
-
     def _set_cookie(self, handler: Any, name: str, value: str, max_age: float) -> None:
         handler.set_cookie(name, value, path="/", max_age=int(max_age), httponly=True, secure=self.secure,
                            samesite="Lax")

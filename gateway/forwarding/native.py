@@ -1,19 +1,19 @@
-"""A small HTTP/1.1 client for plain-http upstreams, with pooled keep-alive connections.
+"""The native transport: plain-http upstreams over pooled keep-alive HTTP/1.1 connections.
 
-Used by ``proxy.Exchange`` for every ``http://`` upstream (``https://`` ones
-go through Tornado's curl client). It exists because per-request work is
-what limits a proxy written in Python: Tornado's clients build an
-``HTTPRequest``, copy headers several times and configure libcurl for every
-request. Here a request is one formatted head written to a pooled
-``asyncio`` connection, and the response is parsed straight from the socket
-buffer into callbacks: ``on_head(status, reason, headers)`` once, then
-``on_body(chunk)`` per chunk, with ``pause()``/``resume()`` so a slow client
-stops the upstream read (flow control), then the awaited ``fetch`` returns.
+``Exchange`` uses it for every ``http://`` upstream (``https://`` ones go
+through ``curl``). It exists because per-request work is what limits a proxy
+written in Python: Tornado's clients build an ``HTTPRequest``, copy headers
+several times and configure libcurl for every request. Here a request is one
+formatted head written to a pooled ``asyncio`` connection, and the response
+is parsed by httptools (llhttp, a strict C parser) straight from the socket
+into callbacks: ``on_head(status, reason, headers)`` once, then
+``on_body(chunk)`` per de-chunked chunk, with ``pause()``/``resume()`` so a
+slow client stops the upstream read (flow control).
 
 Framing follows RFC 9112: no body for HEAD, 1xx, 204 and 304; chunked;
 Content-Length; otherwise until the connection closes. A connection goes back
 to the pool only after a complete, well-framed response that did not say
-``Connection: close``.
+``Connection: close``; a malformed one fails the exchange and is closed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ import collections
 import re
 import time
 from typing import Any, Awaitable, Callable, Deque, Optional
+
+import httptools
+
+from .transport import Receiver, Request, UpstreamError
 
 MAX_HEAD = 64 * 1024
 _LINE_BREAKERS = re.compile(r"[\x00\r\n]")
@@ -34,7 +38,7 @@ BodyCallback = Callable[[bytes], None]
 
 
 class UpstreamProtocolError(Exception):
-    """The upstream answered something that is not HTTP/1.x; ``kind`` as in proxy.UpstreamError."""
+    """The upstream answered something that is not HTTP/1.x; ``kind`` as in UpstreamError."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
@@ -43,7 +47,14 @@ class UpstreamProtocolError(Exception):
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection; handles one exchange at a time."""
+    """One TCP connection; handles one exchange at a time.
+
+    Each response is parsed by a fresh ``httptools.HttpResponseParser`` (llhttp,
+    strict): a malformed status line, chunk size or Content-Length, or both
+    Content-Length and Transfer-Encoding, fail the exchange and close the
+    connection. The parser's callbacks only record and deliver; whether the
+    connection goes back to the pool is decided after each ``feed_data``.
+    """
 
     def __init__(self, pool: "OriginPool"):
         self.pool = pool
@@ -51,7 +62,6 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.used = 0
-        self._buf = bytearray()
         self._reset_exchange()
         self._write_paused = False
         self._drain_waiter: Optional[asyncio.Future] = None
@@ -60,13 +70,22 @@ class _Connection(asyncio.Protocol):
         self._done: Optional[asyncio.Future] = None
         self._on_head: Optional[HeadCallback] = None
         self._on_body: Optional[BodyCallback] = None
-        self._state = "idle"  # idle, head, body-length, body-chunked, body-close, done
-        self._remaining = 0
+        self._parser: Any = None
         self._head_method = False
+        self._reason = b""
+        self._headers: list = []
+        self._head_bytes = 0
+        self._head_done = False  # the final head was parsed
+        self._interim = False  # parsing a 1xx response, which is skipped
+        self._complete = False  # the final response is over (decided by us for HEAD)
+        self._extra = False  # bytes after the end of the response: never reuse
+        self._announced = False  # the head announced a body (Transfer-Encoding, non-zero Content-Length)
+        self._framed = False  # Content-Length or Transfer-Encoding present
+        self._until_close = False  # the body ends when the connection does
         self._keep_alive = False
+        self._error: Optional[UpstreamProtocolError] = None
         self.request_complete = True  # False while a request body is still being written
         self._got_bytes = False
-        self._chunk_state = "size"
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -76,12 +95,11 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
         self.pool._forget(self)
-        if self._state == "body-close":
-            self._state = "done"
+        if self._until_close and not self._complete and self._error is None:
+            self._complete = True
             self._finish(reuse=False)
         elif self._done is not None and not self._done.done():
-            kind = "reset"
-            self._done.set_exception(UpstreamProtocolError(kind, "upstream closed the connection"
+            self._done.set_exception(UpstreamProtocolError("reset", "upstream closed the connection"
                                                            + (f" ({exc})" if exc else "")))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_exception(ConnectionResetError("upstream closed the connection"))
@@ -95,18 +113,91 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._done is None or self._done.done():
+        done = self._done
+        if done is None or done.done() or self._parser is None:
             # Bytes while idle: the upstream is not speaking HTTP to us; never reuse it.
             self.close()
             return
         self._got_bytes = True
-        self._buf += data
         try:
-            self._parse()
-        except UpstreamProtocolError as exc:
-            if not self._done.done():
-                self._done.set_exception(exc)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail("upstream switched protocols unasked")
+        except httptools.HttpParserError as exc:
+            self._fail(f"upstream sent a malformed response ({exc})")
+        if self._error is not None:
+            if not done.done():
+                done.set_exception(self._error)
             self.close()
+        elif self._complete:
+            self._finish(reuse=self._keep_alive and not self._extra)
+        elif not self._head_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._fail("upstream response head too large")
+                done.set_exception(self._error)  # type: ignore[arg-type]
+                self.close()
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def _fail(self, detail: str) -> None:
+        if self._error is None:
+            self._error = UpstreamProtocolError("reset", detail)
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            self._extra = True  # a second response on one request
+        self._reason = b""
+        self._headers = []
+
+    def on_status(self, data: bytes) -> None:
+        self._reason += data
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        value = value.strip()
+        if lower == b"content-length":
+            self._framed = True
+            self._announced = self._announced or value != b"0"
+        elif lower == b"transfer-encoding":
+            self._framed = self._announced = True
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        if self._complete:
+            return
+        parser = self._parser
+        code = parser.get_status_code()
+        if 100 <= code < 200:
+            if code == 101:
+                self._fail("upstream switched protocols unasked")
+            self._interim = True
+            self._framed = self._announced = False
+            return
+        self._head_done = True
+        self._keep_alive = parser.should_keep_alive()
+        headers, self._headers = self._headers, []
+        if self._on_head is not None:
+            self._on_head(code, self._reason.decode("latin-1"), headers)
+        if self._head_method or code in (204, 304):
+            # A HEAD answer announcing a body could be followed by one from a sloppy upstream:
+            # never let such bytes become the next client's answer.
+            self._complete = True
+            self._extra = self._extra or self._announced
+        elif not self._framed:
+            self._until_close = True
+
+    def on_body(self, data: bytes) -> None:
+        if self._complete:
+            self._extra = True
+        elif self._on_body is not None and data:
+            self._on_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        else:
+            self._complete = True
 
     # -- the exchange -----------------------------------------------------------
 
@@ -117,7 +208,7 @@ class _Connection(asyncio.Protocol):
         self._done = loop.create_future()
         self._on_head, self._on_body = on_head, on_body
         self._head_method = method == "HEAD"
-        self._state = "head"
+        self._parser = httptools.HttpResponseParser(self)
         self.used += 1
         self.transport.write(head)
         return self._done
@@ -144,182 +235,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parsing ----------------------------------------------------------------
-
-    def _parse(self) -> None:
-        while True:
-            state = self._state
-            if state == "head":
-                end = self._buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self._buf) > MAX_HEAD:
-                        raise UpstreamProtocolError("reset", "upstream response head too large")
-                    return
-                head = bytes(self._buf[:end])
-                del self._buf[: end + 4]
-                if not self._head_parsed(head):
-                    continue  # a 1xx interim response: read the next head
-                if self._state == "done":
-                    return
-            elif state == "body-length":
-                if not self._buf:
-                    return
-                take = min(self._remaining, len(self._buf))
-                chunk = bytes(self._buf[:take])
-                del self._buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = "done"
-                self._deliver(chunk)
-                if self._state == "done":
-                    self._finish(reuse=self._keep_alive and not self._buf)
-                    return
-            elif state == "body-chunked":
-                if not self._parse_chunked():
-                    return
-            elif state == "body-close":
-                if self._buf:
-                    chunk = bytes(self._buf)
-                    self._buf.clear()
-                    self._deliver(chunk)
-                return
-            else:
-                if self._buf:  # bytes beyond the response: not reusable
-                    self.close()
-                return
-
-    def _head_parsed(self, head: bytes) -> bool:
-        """Parse status line and headers; returns False for a 1xx interim response."""
-        try:
-            text = head.decode("latin-1")
-        except Exception:  # pragma: no cover - latin-1 decodes anything
-            raise UpstreamProtocolError("reset", "undecodable response head")
-        lines = text.split("\r\n")
-        status_line = lines[0]
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
-            raise UpstreamProtocolError("reset", "upstream sent an invalid status line")
-        version, code = parts[0], int(parts[1])
-        reason = parts[2] if len(parts) > 2 else ""
-        headers: list = []
-        length: Optional[int] = None
-        chunked = False
-        conn_close = version == "HTTP/1.0"
-        for line in lines[1:]:
-            if not line:
-                continue
-            if line[0] in " \t":  # obsolete line folding: join to the previous value
-                if headers:
-                    name, value = headers[-1]
-                    headers[-1] = (name, value + " " + line.strip())
-                continue
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise UpstreamProtocolError("reset", "upstream sent an invalid header line")
-            value = value.strip()
-            lower = name.lower()
-            if lower == "content-length":
-                if not value.isdigit() or (length is not None and length != int(value)):
-                    raise UpstreamProtocolError("reset", "upstream sent an invalid Content-Length")
-                length = int(value)
-            elif lower == "transfer-encoding":
-                chunked = value.lower().endswith("chunked")
-            elif lower == "connection":
-                tokens = {t.strip().lower() for t in value.split(",")}
-                if "close" in tokens:
-                    conn_close = True
-                elif "keep-alive" in tokens and version == "HTTP/1.0":
-                    conn_close = False
-            headers.append((name, value))
-        if 100 <= code < 200:
-            if code == 101:
-                raise UpstreamProtocolError("reset", "upstream switched protocols unasked")
-            return False
-        self._keep_alive = not conn_close
-        assert self._on_head is not None
-        self._on_head(code, reason, headers)
-        if self._head_method or code in (204, 304):
-            # A HEAD answer announcing a body could be followed by one from a sloppy upstream:
-            # never let such bytes become the next client's answer.
-            announced = chunked or bool(length)
-            self._state = "done"
-            self._finish(reuse=self._keep_alive and not self._buf and not announced)
-        elif chunked:
-            self._state = "body-chunked"
-            self._chunk_state = "size"
-        elif length is not None:
-            self._remaining = length
-            self._state = "body-length"
-            if length == 0:
-                self._state = "done"
-                self._finish(reuse=self._keep_alive and not self._buf)
-        else:
-            self._keep_alive = False
-            self._state = "body-close"
-        return True
-
-    def _parse_chunked(self) -> bool:
-        """Decode as much chunked body as is buffered; False when more bytes are needed."""
-        buf = self._buf
-        while True:
-            if self._chunk_state == "size":
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    if len(buf) > 4096:
-                        raise UpstreamProtocolError("reset", "upstream sent an invalid chunk size")
-                    return False
-                size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                del buf[: end + 2]
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise UpstreamProtocolError("reset", "upstream sent an invalid chunk size") from None
-                if size == 0:
-                    self._chunk_state = "trailer"
-                else:
-                    self._remaining = size
-                    self._chunk_state = "data"
-            elif self._chunk_state == "data":
-                if not buf:
-                    return False
-                take = min(self._remaining, len(buf))
-                chunk = bytes(buf[:take])
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = "data-end"
-                self._deliver(chunk)
-                if self.closed:
-                    return False
-            elif self._chunk_state == "data-end":
-                if len(buf) < 2:
-                    return False
-                if buf[:2] != b"\r\n":
-                    raise UpstreamProtocolError("reset", "upstream sent a malformed chunk")
-                del buf[:2]
-                self._chunk_state = "size"
-            else:  # trailer section: lines until an empty one (trailers are dropped)
-                end = buf.find(b"\r\n")
-                if end < 0:
-                    return False
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                if not line:
-                    self._state = "done"
-                    self._finish(reuse=self._keep_alive and not buf)
-                    return False
-
-    def _deliver(self, chunk: bytes) -> None:
-        if chunk and self._on_body is not None:
-            self._on_body(chunk)
-
     def _finish(self, reuse: bool) -> None:
         done = self._done
         self._on_head = self._on_body = None
+        self._parser = None  # one parser per response (and no cycle through it)
         # An answer that came before the whole request body was written leaves the rest of
         # that body on its way: such a connection must never carry another request.
         if reuse and not self.closed and self.request_complete:
-            self._state = "idle"
             self.pool._release(self)
         else:
             self.close()
@@ -481,4 +403,118 @@ def format_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-__all__ = ["UpstreamClient", "UpstreamProtocolError", "format_head", "format_chunk", "Any"]
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class NativeTransport:
+    """One attempt at a plain-http upstream through the shared ``UpstreamClient``."""
+
+    def __init__(self, client: UpstreamClient):
+        self.client = client
+        self._conn: Optional[_Connection] = None  # the connection in use
+        self._receiver: Optional[Receiver] = None
+        self._paused = False
+        self._timed_out = False
+        self._head_flush_pending = False
+
+    async def send(self, origin: Any, request: Request, receiver: Receiver) -> None:
+        self._receiver = receiver
+        headers = [("Host", request.preserve_host or origin.netloc)]
+        headers.extend(request.headers)
+        chunked = False
+        if request.has_body:
+            if request.content_length is not None:
+                headers.append(("Content-Length", str(request.content_length)))
+            else:
+                headers.append(("Transfer-Encoding", "chunked"))
+                chunked = True
+        try:
+            head = format_head(request.method, origin.path + request.path_and_query, headers)
+        except UpstreamProtocolError as exc:
+            raise UpstreamError("reset", exc.detail) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+        timer = loop.call_at(deadline, self._on_timeout)
+        body = request.body
+        try:
+            await self.client.fetch(
+                origin.host, origin.port, head, request.method, self._on_head, self._on_body,
+                connect_timeout=request.connect_timeout, deadline=deadline,
+                body=(lambda conn: _send_body(conn, body, chunked)) if body is not None else None,
+                retry_stale=not request.has_body and request.method in IDEMPOTENT,
+                on_connection=self._on_connection,
+            )
+        except UpstreamProtocolError as exc:
+            if self._timed_out:
+                raise UpstreamError("timeout", f"no complete answer within {request.timeout:g}s") from None
+            raise UpstreamError(exc.kind, exc.detail) from None
+        except (ConnectionError, OSError) as exc:
+            if self._timed_out:
+                raise UpstreamError("timeout", f"no complete answer within {request.timeout:g}s") from None
+            raise UpstreamError("reset", str(exc)) from None
+        finally:
+            timer.cancel()
+            self._conn = None
+            self._head_flush_pending = False  # the caller's finish sends whatever is left
+        if self._timed_out:
+            raise UpstreamError("timeout", f"no complete answer within {request.timeout:g}s")
+
+    def _on_connection(self, conn: _Connection) -> None:
+        self._conn = conn
+        if self._timed_out or (self._receiver is not None and self._receiver.gone):
+            conn.close()
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        if self._conn is not None:
+            self._conn.close()
+
+    def _on_head(self, code: int, reason: str, headers: list) -> None:
+        assert self._receiver is not None
+        self._receiver.on_head(code, reason, headers, flush=False)
+        self._head_flush_pending = True
+        asyncio.get_running_loop().call_soon(self._flush_head)
+
+    def _flush_head(self) -> None:
+        """Headers not yet sent with a body chunk go out now (slow bodies, long polls)."""
+        receiver = self._receiver
+        if self._head_flush_pending and receiver is not None and not receiver.gone:
+            self._head_flush_pending = False
+            receiver.on_body(b"")
+
+    def _on_body(self, chunk: bytes) -> None:
+        self._head_flush_pending = False
+        receiver = self._receiver
+        assert receiver is not None
+        if receiver.gone:
+            if self._conn is not None:
+                self._conn.close()
+            return
+        receiver.on_body(chunk)
+
+    def pause(self) -> None:
+        if self._conn is not None and not self._paused:
+            self._paused = True
+            self._conn.pause()
+
+    def resume(self) -> None:
+        if self._paused and self._conn is not None:
+            self._paused = False
+            self._conn.resume()
+
+    def abort(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+async def _send_body(conn: _Connection, body: Any, chunked: bool) -> None:
+    while True:
+        chunk = await body.get()
+        if chunk is None:
+            break
+        if conn.closed:
+            continue  # the upstream answered or left early; drain what the client sends
+        conn.write(format_chunk(chunk) if chunked else chunk)
+        await conn.drain()
+    if chunked and not conn.closed:
+        conn.write(b"0\r\n\r\n")
