@@ -112,7 +112,7 @@ class CurlTransport:
             self._drain()  # whatever libcurl delivered before it finished
         if response.code == 599:  # pragma: no cover - clients raise instead
             raise UpstreamError("reset", str(response.error))
-        if not receiver.started:
+        if not receiver.head_taken:
             # No body arrived (e.g. 204, HEAD, empty 200): headers are still pending.
             if self._status_line is None:
                 self._status_line = f"HTTP/1.1 {response.code} {response.reason}"
@@ -123,7 +123,7 @@ class CurlTransport:
         errno = getattr(exc, "errno", None)
         if errno in CURL_TIMEOUT_CODES or exc.code == 599 and "timed out" in str(exc).lower():
             return UpstreamError("timeout", str(exc))
-        if errno in CURL_CONNECT_CODES and not (self._receiver is not None and self._receiver.started):
+        if errno in CURL_CONNECT_CODES and not (self._receiver is not None and self._receiver.head_taken):
             return UpstreamError("connect", str(exc))
         return UpstreamError("reset", str(exc))
 
@@ -157,7 +157,7 @@ class CurlTransport:
     def _drain(self) -> None:
         self._drain_scheduled = False
         receiver = self._receiver
-        if self._pending and receiver is not None and not receiver.started:
+        if self._pending and receiver is not None and not receiver.head_taken:
             self._start_response(flush=False)
         while self._pending:
             chunk = self._pending.popleft()
@@ -188,7 +188,7 @@ class CurlTransport:
             self._response_headers = httputil.HTTPHeaders()
         elif line in ("\r\n", "\n"):
             code = self._status_code()
-            if start and code is not None and code >= 200 and self._receiver is not None and not self._receiver.started:
+            if start and code is not None and code >= 200 and self._receiver is not None and not self._receiver.head_taken:
                 self._start_response()
         elif self._status_line is not None:
             try:
@@ -215,7 +215,7 @@ class CurlTransport:
     def _on_chunk_stream(self, chunk: bytes) -> Any:
         receiver = self._receiver
         assert receiver is not None
-        if not receiver.started:
+        if not receiver.head_taken:
             self._start_response()
         return receiver.on_body(chunk)  # the simple client stops reading until the future resolves
 

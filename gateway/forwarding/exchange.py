@@ -144,7 +144,8 @@ class Exchange:
         self._count_body = method != "HEAD"
         self.upstream: Optional[str] = None  # the URL that answered (for the log)
         self.bytes_sent = 0
-        self.started = False  # response head taken (recorded in the sink, or sent)
+        self.started = False  # something was sent to the client (until then an error page can replace it)
+        self.head_taken = False  # the upstream's head is recorded in the sink
         self._transport: Optional[Transport] = None
         self._aborted = False
         self._waiting_drain: Any = None  # the drained() future while the upstream is paused
@@ -194,7 +195,7 @@ class Exchange:
 
     def on_head(self, status: int, reason: str, headers: list, flush: bool = True) -> None:
         """Copy the upstream's status and end-to-end headers to the client (and send them)."""
-        self.started = True
+        self.head_taken = True
         sink = self.sink
         sink.start(status, reason.strip() or httputil.responses.get(status, "Unknown"),
                    response_headers(status, headers, sink.request_id))
@@ -207,6 +208,7 @@ class Exchange:
             return None
         if chunk and self._count_body:
             self.bytes_sent += len(chunk)
+        self.started = True
         sink.write(chunk)
         if sink.pending() > HIGH_WATER:
             if self._waiting_drain is None:

@@ -87,6 +87,11 @@ class _Connection(asyncio.Protocol):
         self.request_complete = True  # False while a request body is still being written
         self._got_bytes = False
 
+    @property
+    def failed(self) -> bool:
+        """The current answer was malformed."""
+        return self._error is not None
+
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -477,7 +482,9 @@ class NativeTransport:
 
     def _flush_head(self) -> None:
         """Headers not yet sent with a body chunk go out now (slow bodies, long polls)."""
-        receiver = self._receiver
+        receiver, conn = self._receiver, self._conn
+        if conn is not None and conn.failed:
+            return  # the answer turned out malformed: the client gets a 502 page instead
         if self._head_flush_pending and receiver is not None and not receiver.gone:
             self._head_flush_pending = False
             receiver.on_body(b"")

@@ -32,7 +32,7 @@ class Request(NamedTuple):
 class Receiver(Protocol):
     """The exchange, as a transport sees it."""
 
-    started: bool  # the response head was taken
+    head_taken: bool  # the final response head was handed over
 
     @property
     def gone(self) -> bool:
