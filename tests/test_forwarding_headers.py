@@ -18,7 +18,6 @@ from gateway.forwarding.headers import (
     GATEWAY_SET,
     HOP_BY_HOP,
     IDENTITY_HEADERS,
-    SKIP_REQUEST,
     connection_tokens,
     cookie_header_without,
     forwarded_request_headers,

@@ -27,8 +27,6 @@ from support.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.timeout(30)
 
-CLOSE = object()  # after the bytes, the upstream closes the connection
-
 SCRIPTS: Dict[str, Tuple[bytes, bool]] = {
     # path: (answer bytes, whether the upstream closes after them)
     "/neg-chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nab\r\n0\r\n\r\n", False),

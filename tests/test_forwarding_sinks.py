@@ -18,13 +18,21 @@ from tornado.httputil import HTTPHeaders
 from gateway.forwarding.sinks import ConnectionSink, HandlerSink, ResponseSink
 
 
-def done(exc: Any = None) -> Future:
-    fut: Future = Future()
-    if exc is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(exc)
-    return fut
+class Done:
+    """A completed write, usable without an event loop."""
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> None:
+        return None
+
+    def add_done_callback(self, fn: Any) -> None:
+        fn(self)
+
+
+def done() -> Done:
+    return Done()
 
 
 class FakeStream:
@@ -50,11 +58,11 @@ class FakeConnection:
         self.sent: List[Any] = []
         self.finished = self.closed = False
 
-    def write_headers(self, start: Any, headers: HTTPHeaders, chunk: bytes) -> Future:
+    def write_headers(self, start: Any, headers: HTTPHeaders, chunk: bytes) -> Done:
         self.sent.append((start.code, start.reason, list(headers.get_all()), chunk))
         return done()
 
-    def write(self, chunk: bytes) -> Future:
+    def write(self, chunk: bytes) -> Done:
         self.sent.append(chunk)
         return done()
 
@@ -93,7 +101,7 @@ class FakeHandler:
     def write(self, chunk: bytes) -> None:
         self.written.append(chunk)
 
-    def flush(self) -> Future:
+    def flush(self) -> Done:
         if self.fail_flush:
             raise RuntimeError("Cannot flush after finish()")
         self.flushes += 1
