@@ -99,6 +99,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
+        self._parser = None  # no cycle through it once the connection is gone
         self.pool._forget(self)
         if self._until_close and not self._complete and self._error is None:
             self._complete = True
