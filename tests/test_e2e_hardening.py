@@ -620,7 +620,7 @@ def test_connection_paused_on_its_last_chunk_is_resumed_before_reuse(env):
     queues, from /proc/net/tcp), and sends the last chunk + terminator only when that
     chunk alone crosses HIGH_WATER.
     """
-    from gateway.proxy import HIGH_WATER
+    from gateway.forwarding import HIGH_WATER
 
     host, gw_port = env.addr
     up_port = env.paced.getsockname()[1]

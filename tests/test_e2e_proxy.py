@@ -6,7 +6,7 @@ Every test talks HTTP to the REAL ``python -m gateway serve`` process
 streaming-memory, reload and shutdown tests start their own, and the
 ``gateway check`` / invalid-config tests run the CLI as a subprocess.
 
-Failover, as the gateway implements it (gateway/proxy.py ``Exchange.run``):
+Failover, as the gateway implements it (gateway/forwarding/exchange.py ``Exchange.run``):
 a request moves on to a route's next upstream only when the connection was
 refused AND the method is idempotent (GET, HEAD, OPTIONS, PUT, DELETE, TRACE)
 AND the request has no body. Anything else (POST, or any request with a
