@@ -124,11 +124,11 @@ class UpstreamPlan:
     """Everything the exchange needs to send the request upstream (a slotted class: built per request)."""
 
     __slots__ = ("balancer", "method", "path_and_query", "headers", "content_length", "has_body", "preserve_host",
-                 "timeout", "connect_timeout")
+                 "timeout", "connect_timeout", "own_cookie")
 
     def __init__(self, balancer: Balancer, method: str, path_and_query: str, headers: list,
                  content_length: Optional[int], has_body: bool, preserve_host: Optional[str], timeout: float,
-                 connect_timeout: float):
+                 connect_timeout: float, own_cookie: str):
         self.balancer = balancer
         self.method = method
         self.path_and_query = path_and_query
@@ -138,6 +138,7 @@ class UpstreamPlan:
         self.preserve_host = preserve_host
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.own_cookie = own_cookie  # the session cookie's name, which no upstream may set
 
 
 class Admitted:
@@ -290,7 +291,7 @@ def plan(acc: Accepted, match: Match, identity: Optional[Identity], runtime: "Ru
         forwarded_request_headers(headers, acc.forwarded, acc.request_id, identity,
                                   own_cookie=login.cookie_name if login is not None else None),
         length if length else None, has_body, head.host if route.preserve_host else None,
-        route.timeout, route.connect_timeout,
+        route.timeout, route.connect_timeout, runtime.config.session.cookie_name,
     )
 
 
@@ -300,6 +301,7 @@ def exchange_for(plan: UpstreamPlan, sink: Any, clients: Any) -> Exchange:
         sink, clients, plan.balancer, method=plan.method, path_and_query=plan.path_and_query,
         headers=plan.headers, content_length=plan.content_length, has_body=plan.has_body,
         preserve_host=plan.preserve_host, timeout=plan.timeout, connect_timeout=plan.connect_timeout,
+        own_cookie=plan.own_cookie,
     )
 
 

@@ -29,7 +29,11 @@ class Upstream(web.RequestHandler):
         Upstream.hits.append(self.request.path)
         if self.request.path.startswith("/slow"):
             await asyncio.sleep(5)
-        self.write({"path": self.request.path})
+        if self.request.path.startswith("/set-cookie"):
+            for value in ("_gateway_session=fixed; Path=/", "_gateway_session_1=x", "_gateway_session_login_a=",
+                          "app=1; Path=/"):
+                self.add_header("Set-Cookie", value)
+        self.write({"path": self.request.path, "headers": dict(self.request.headers.get_all())})
 
     post = get
 
@@ -80,8 +84,22 @@ routes:
 
     def test_public_route_is_proxied(self) -> None:
         resp = self.fetch("/docs?x=1")
-        assert resp.code == 200 and json.loads(resp.body) == {"path": "/docs"}
+        assert resp.code == 200 and json.loads(resp.body)["path"] == "/docs"
         assert self.access_log()[-1]["route"] == "site"
+
+    def test_upstream_cannot_set_the_gateways_own_cookies_on_either_path(self) -> None:
+        for method, body in (("GET", None), ("POST", b"x")):
+            with ExpectLog("gateway.proxy", "dropped an upstream Set-Cookie for the gateway's own cookie"):
+                resp = self.fetch("/set-cookie", method=method, body=body)
+            assert resp.code == 200
+            assert resp.headers.get_list("Set-Cookie") == ["app=1; Path=/"], method
+
+    def test_client_sent_address_headers_never_reach_the_upstream(self) -> None:
+        sent = {"True-Client-IP": "1.1.1.1", "CF-Connecting-IP": "1.1.1.1", "X-Client-IP": "1.1.1.1",
+                "Fastly-Client-IP": "1.1.1.1", "X-Cluster-Client-IP": "1.1.1.1", "Client-IP": "1.1.1.1"}
+        seen = json.loads(self.fetch("/echo", headers=sent).body)["headers"]
+        assert not set(sent) & set(seen), seen
+        assert seen["X-Forwarded-For"] == "127.0.0.1"
 
     def test_every_spelling_of_oauth2_reaches_the_gateway_not_the_upstream(self) -> None:
         for path in ["/oauth2/userinfo", "/%6Fauth2/userinfo", "//oauth2/userinfo", "/x/../oauth2/userinfo",

@@ -23,6 +23,7 @@ from gateway.forwarding.headers import (
     forwarded_request_headers,
     identity_value,
     response_headers,
+    upstream_header_list,
 )
 from gateway.models import Identity
 
@@ -161,3 +162,33 @@ def test_no_client_copy_of_a_gateway_owned_header_survives(forbidden, harmless, 
         if normal in IDENTITY_HEADERS or normal in GATEWAY_SET:
             assert not value.startswith("client-"), f"the client's {name} survived"
     assert sum(1 for name, _ in out if name.lower() == "x-request-id") == 1
+
+
+CLIENT_IP_HEADERS = ["True-Client-IP", "X-Client-IP", "CF-Connecting-IP", "Client-IP", "X-Cluster-Client-IP",
+                     "Fastly-Client-IP", "X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-Real-IP",
+                     "Forwarded", "X_Client_IP", "true-client-ip"]
+
+
+@pytest.mark.parametrize("name", CLIENT_IP_HEADERS)
+def test_client_ip_headers_from_the_client_never_reach_the_upstream(name):
+    kept = upstream_header_list(HTTPHeaders({name: "10.0.0.1"}), [])
+    assert kept == [], (name, kept)
+
+
+SET_COOKIES = [
+    ("_gw=fixed; Path=/", False),
+    ("_gw_1=chunk; Path=/", False),
+    ("_gw_login_abc=x", False),
+    ("_gw=; Max-Age=0", False),
+    (" _gw =x", False),
+    ("_gwx=app", True),
+    ("app=1; Path=/", True),
+    ("gw=1", True),
+]
+
+
+@pytest.mark.parametrize("value,kept", SET_COOKIES)
+def test_upstream_cannot_set_or_clear_the_gateways_own_cookies(value, kept):
+    out = response_headers(200, [("Set-Cookie", value), ("Content-Type", "text/plain")], "rid", "_gw")
+    assert (("Set-Cookie", value) in out) is kept
+    assert ("Content-Type", "text/plain") in out

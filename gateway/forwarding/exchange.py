@@ -134,8 +134,10 @@ class Exchange:
         preserve_host: Optional[str],
         timeout: float,
         connect_timeout: float,
+        own_cookie: Optional[str] = None,
     ):
         self.sink = sink
+        self.own_cookie = own_cookie  # the session cookie's name: upstreams may not set it
         self.clients = clients
         self.balancer = balancer
         self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
@@ -198,7 +200,7 @@ class Exchange:
         self.head_taken = True
         sink = self.sink
         sink.start(status, reason.strip() or httputil.responses.get(status, "Unknown"),
-                   response_headers(status, headers, sink.request_id))
+                   response_headers(status, headers, sink.request_id, self.own_cookie))
         if flush:  # otherwise the headers go out with the first body chunk, in one send
             self.on_body(b"")
 

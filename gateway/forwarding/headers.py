@@ -10,9 +10,12 @@ are dropped so only the gateway can set them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Optional
 
 from tornado import httputil
+
+log = logging.getLogger("gateway.proxy")
 
 HOP_BY_HOP = frozenset(
     {
@@ -45,6 +48,11 @@ GATEWAY_SET = frozenset({
     # Headers some frameworks route or authorize on; a client must not choose them behind the gateway.
     "x-forwarded-port", "x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method", "x-original-url",
     "x-original-method", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override",
+    # Client addresses that CDNs, load balancers and frameworks believe: only the gateway says who called.
+    "true-client-ip", "x-client-ip", "cf-connecting-ip", "client-ip", "x-cluster-client-ip", "fastly-client-ip",
+    "x-originating-ip", "x-remote-ip", "x-remote-addr", "x-real-client-ip", "x-forwarded-client-ip",
+    "x-envoy-external-address", "x-appengine-user-ip", "akamai-client-ip", "x-forwarded", "forwarded-for",
+    "x-proxyuser-ip", "wl-proxy-client-ip", "proxy-client-ip",
 })
 SKIP_REQUEST = HOP_BY_HOP | IDENTITY_HEADERS | GATEWAY_SET | frozenset({"content-length", "expect"})
 
@@ -89,15 +97,11 @@ def cookie_header_without(values: list[str], own_cookie: str) -> str:
     """The client's Cookie header values joined, without the gateway's own cookies
     (``own_cookie`` and ``own_cookie + "_..."``), which upstreams must never see."""
     kept = []
-    prefix = own_cookie + "_"
     for value in values:
         for part in value.split(";"):
             name = part.split("=", 1)[0].strip()
-            if not name:
-                continue
-            if name == own_cookie or name.startswith(prefix):
-                continue
-            kept.append(part.strip())
+            if name and not own_cookie_name(name, own_cookie):
+                kept.append(part.strip())
     return "; ".join(kept)
 
 
@@ -135,9 +139,17 @@ def forwarded_request_headers(
     return headers
 
 
-def response_headers(status: int, headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+def own_cookie_name(name: str, own_cookie: str) -> bool:
+    """The gateway's own cookies: the session cookie, its chunks, pending logins (``NAME`` and ``NAME_*``)."""
+    return name == own_cookie or name.startswith(own_cookie + "_")
+
+
+def response_headers(status: int, headers: Iterable[tuple[str, str]], request_id: str,
+                     own_cookie: Optional[str] = None) -> list[tuple[str, str]]:
     """The upstream's response headers as the client receives them: without hop-by-hop ones and
-    those named in Connection, without Content-Length on 204/304, with X-Request-Id when absent."""
+    those named in Connection, without Content-Length on 204/304, with X-Request-Id when absent,
+    and without any Set-Cookie for the gateway's own cookies (no app behind the gateway may fix
+    or end a session)."""
     headers = list(headers)
     named: Any = ()
     for name, value in headers:
@@ -153,6 +165,11 @@ def response_headers(status: int, headers: Iterable[tuple[str, str]], request_id
             continue
         if lower == "x-request-id":
             has_request_id = True
+        if lower == "set-cookie" and own_cookie:
+            cookie = value.split(";", 1)[0].split("=", 1)[0].strip()
+            if own_cookie_name(cookie, own_cookie):
+                log.warning("dropped an upstream Set-Cookie for the gateway's own cookie %s", cookie[:64])
+                continue
         out.append((name, value))
     if not has_request_id:
         out.append(("X-Request-Id", request_id))
