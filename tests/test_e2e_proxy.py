@@ -522,7 +522,7 @@ RSS_LIMIT_KB = 100 * 1024
 def test_streaming_upload_300mb_in_bounded_memory(big):
     gw, up = big
     before = up.state["bytes_in"]
-    with RSSSampler(gw.proc.pid, 0.05) as sampler:
+    with RSSSampler(gw.proc.pid, 0.005) as sampler:
         status, body = _upload(gw.url, "/upload", TOTAL)
     assert status == 200, body
     assert up.state["bytes_in"] - before == TOTAL
@@ -535,7 +535,7 @@ def test_streaming_upload_300mb_in_bounded_memory(big):
 def test_streaming_download_300mb_with_a_body_in_bounded_memory(big):
     """A request with a body takes the streaming-upload client path; the first 16 MB are read slowly."""
     gw, up = big
-    with RSSSampler(gw.proc.pid, 0.05) as sampler:
+    with RSSSampler(gw.proc.pid, 0.005) as sampler:
         status, received = _download(gw.url, f"/stream?bytes={TOTAL}", method="POST", body=b"x",
                                      slow_bytes=16 * MB)
     assert status == 200
@@ -547,7 +547,7 @@ def test_streaming_download_300mb_with_a_body_in_bounded_memory(big):
 def test_streaming_download_300mb_in_bounded_memory(big):
     """GET (no body): the keep-alive upstream client, paused and resumed. The first 16 MB are read slowly."""
     gw, up = big
-    with RSSSampler(gw.proc.pid, 0.05) as sampler:
+    with RSSSampler(gw.proc.pid, 0.005) as sampler:
         status, received = _download(gw.url, f"/stream?bytes={TOTAL}", slow_bytes=16 * MB, timeout=5)
     assert status == 200
     assert received == TOTAL
@@ -582,7 +582,7 @@ routes:
         assert _download(gw.url, f"/stream?bytes={4 * MB}") == (200, 4 * MB)  # warm up
         baseline = rss_kb(gw.proc.pid)
         total = 160 * MB
-        with RSSSampler(gw.proc.pid, 0.05) as sampler:
+        with RSSSampler(gw.proc.pid, 0.005) as sampler:
             status, received = _download(gw.url, f"/stream?bytes={total}", method=method, body=body,
                                          slow_bytes=total)
         assert (status, received) == (200, total)
