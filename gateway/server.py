@@ -43,12 +43,20 @@ def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] =
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    server = config.server
     try:
-        sockets = bind(config.server.listen, reuse_port=config.server.workers > 1 and config.server.reuse_port)
-        admin_sockets = bind(config.server.admin_listen) if config.server.admin_listen is not None else None
+        sockets = bind(server.listen, reuse_port=server.workers > 1 and server.reuse_port)
     except OSError as exc:
-        print(f"{path}: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _cannot_listen(path, "--listen" if listen else "server.listen", server.listen, exc)
+    admin_sockets = None
+    if server.admin_listen is not None:
+        try:
+            admin_sockets = bind(server.admin_listen)
+        except OSError as exc:
+            for sock in sockets:
+                sock.close()
+            return _cannot_listen(path, "--admin-listen" if admin_listen else "server.admin_listen",
+                                  server.admin_listen, exc)
     if config.server.workers <= 1:
         return run(Server(config, path, sockets, admin_sockets, file_config=from_file).serve)
     # Several workers: metrics go through prometheus-client's multiprocess files, merged on /metrics.
@@ -145,6 +153,13 @@ def bind(address: tuple[str, int], reuse_port: bool = False) -> list[socket.sock
         except ValueError:  # the platform has no SO_REUSEPORT: the workers share one socket
             pass
     return netutil.bind_sockets(address[1], address=address[0], backlog=1024)
+
+
+def _cannot_listen(path: str, key: str, address: tuple, exc: OSError) -> int:
+    host, port = address[0], address[1]
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    print(f"{path}: cannot listen on {shown} ({key}): {exc.strerror or exc}", file=sys.stderr)
+    return 1
 
 
 def url_of(sockets: list[socket.socket]) -> str:
