@@ -2,7 +2,7 @@
 
 Everything here talks HTTP to the REAL ``python -m gateway serve`` process
 (tests/support/gateway_proc.py) in front of real loopback upstreams
-(tests/support/upstream.py) and real loopback issuers (tests/fake_idp.py on a
+(tests/support/upstream.py) and real loopback issuers (tests/support/fake_idp.py on a
 thread of their own). One gateway serves the whole module; a second one, with
 ``trusted_proxies``, is started only for the X-Forwarded-* trust test.
 
@@ -33,10 +33,10 @@ from typing import Any, Dict, Optional
 import jwt
 import pytest
 
-from fake_idp import HMAC_SECRET, SigningKey
-from support.e2e import IdPThread, request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.upstream import Upstream, refused_port
+from tests.support.fake_idp import HMAC_SECRET, SigningKey
+from tests.support.e2e import IdPThread, request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.upstream import Upstream, refused_port
 
 pytestmark = pytest.mark.timeout(60)
 

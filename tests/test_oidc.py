@@ -26,7 +26,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import AsyncTestCase, bind_unused_port, gen_test
 from tornado.web import Application
 
-from fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
+from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
 from gateway.config import ProviderConfig, TokenIssuerConfig
 from gateway.devidp import (AuthorizeHandler, DevIdentityProvider, DiscoveryHandler, JWKSHandler, LogoutHandler,
                             TokenHandler, UserInfoHandler)

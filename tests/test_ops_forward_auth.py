@@ -17,10 +17,10 @@ import subprocess
 import jwt
 import pytest
 
-from support.e2e import request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.ops import Daemon, ensure_caddy, ensure_nginx, stop_gateway, wait_port
-from support.upstream import Upstream, free_port
+from tests.support.e2e import request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.ops import Daemon, ensure_caddy, ensure_nginx, stop_gateway, wait_port
+from tests.support.upstream import Upstream, free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,21 +15,15 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from gateway.config import SessionConfig  # noqa: E402
-from gateway.sessions import (  # noqa: E402
+from gateway.config import SessionConfig
+from gateway.sessions import (
     CHUNK_SIZE,
     MAX_CHUNKS,
     CookieCodec,
@@ -45,7 +39,7 @@ from gateway.sessions import (  # noqa: E402
     new_session_id,
     read_chunked,
 )
-from tests.support.redis_server import redis_available, start_redis  # noqa: E402
+from tests.support.redis_server import redis_available, start_redis
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -31,9 +31,9 @@ import pytest
 from tornado import httpserver, web, websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from support.e2e import IdPThread, RSSSampler, request, wait_ready, wait_until
-from support.gateway_proc import GatewayProcess
-from support.upstream import refused_port
+from tests.support.e2e import IdPThread, RSSSampler, request, wait_ready, wait_until
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.upstream import refused_port
 
 pytestmark = pytest.mark.timeout(60)
 

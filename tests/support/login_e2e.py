@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import jwt
 import yaml
 
-from support.e2e import Response, request, wait_ready
-from support.gateway_proc import GatewayProcess
+from tests.support.e2e import Response, request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
 
 SESSION_SECRET = "e2e-login-session-secret-0123456789abcdefghijklmnop"
 CI_JWT_SECRET = "e2e-login-ci-jwt-secret-0123456789abcdefghijklmnopq"

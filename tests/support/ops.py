@@ -24,7 +24,7 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.e2e import request
+from tests.support.e2e import request
 
 HS_ISSUER = "ops-ci"
 HS_SECRET = "ops-test-secret-0123456789-abcdefghijklmnop"  # >= 32 bytes
