@@ -20,6 +20,7 @@ drives exactly that and fails without the fix.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -29,12 +30,12 @@ import urllib.parse
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-import jwt
 import pytest
 
-from support.e2e import request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.upstream import Upstream
+from tests.support.e2e import request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.tokens import bearer, hs_token
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,15 +49,7 @@ SMUGGLED = b"GET /admin/secret HTTP/1.1\r\nHost: x\r\nX-Forwarded-User: root\r\n
 # --------------------------------------------------------------------------- helpers
 
 
-def token(sub: str = "alice", **extra: Any) -> str:
-    now = int(time.time())
-    claims: Dict[str, Any] = {"iss": ISSUER, "sub": sub, "aud": "api", "iat": now, "exp": now + 600}
-    claims.update(extra)
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def bearer(tok: str) -> Dict[str, str]:
-    return {"Authorization": f"Bearer {tok}"}
+token = functools.partial(hs_token, iss=ISSUER, secret=SECRET, aud="api")
 
 
 def rid() -> str:

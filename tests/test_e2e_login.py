@@ -34,10 +34,10 @@ from typing import Any, Iterator
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 
-from support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
-from support.e2e import request
-from support.gateway_proc import GatewayProcess
-from support.login_e2e import (
+from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
+from tests.support.e2e import request
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.login_e2e import (
     HTML_ACCEPT,
     RequestLog,
     api_get,
@@ -54,8 +54,8 @@ from support.login_e2e import (
     start_gateway,
     wait_url,
 )
-from support.oidc_provider import OIDCProvider, client, start_oidc_provider, user
-from support.upstream import Upstream
+from tests.support.oidc_provider import OIDCProvider, client, start_oidc_provider, user
+from tests.support.upstream import Upstream
 
 # The route guard of tests/support/browser.py does not see redirect hops (Playwright routes only the
 # first request of a redirect chain), so also make every other host name unresolvable in Chromium.

@@ -24,10 +24,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
-from support.e2e import Response, request
-from support.gateway_proc import GatewayProcess
-from support.login_e2e import (
+from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
+from tests.support.e2e import Response, request
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.login_e2e import (
     RequestLog,
     api_get,
     cleared_cookies,
@@ -42,9 +42,9 @@ from support.login_e2e import (
     stopped_process,
     wait_url,
 )
-from support.oidc_provider import OIDCProvider, client, start_oidc_provider, user
-from support.redis_server import redis_available, start_redis
-from support.upstream import Upstream
+from tests.support.oidc_provider import OIDCProvider, client, start_oidc_provider, user
+from tests.support.redis_server import redis_available, start_redis
+from tests.support.upstream import Upstream
 
 # The route guard of tests/support/browser.py does not see redirect hops (Playwright routes only the
 # first request of a redirect chain), so also make every other host name unresolvable in Chromium.
@@ -462,7 +462,7 @@ def _load_redis_session(url: str, jar: dict) -> Any:
 
     from gateway.config import SessionConfig
     from gateway.sessions import RedisSessionStore
-    from support.login_e2e import SESSION_SECRET
+    from tests.support.login_e2e import SESSION_SECRET
 
     async def load() -> Any:
         store = RedisSessionStore(SessionConfig(secret=SESSION_SECRET, cookie_name=REDIS_COOKIE, store=url), url)

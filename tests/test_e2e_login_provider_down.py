@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from support.e2e import IdPThread, request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.upstream import Upstream
+from tests.support.e2e import IdPThread, request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(60)
 

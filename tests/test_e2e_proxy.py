@@ -34,10 +34,10 @@ from typing import Any, Dict, Optional
 import jwt
 import pytest
 
-from fake_idp import HMAC_SECRET
-from support.e2e import RSSSampler, request, rss_kb, wait_until
-from support.gateway_proc import ROOT, GatewayProcess
-from support.upstream import Upstream, refused_port
+from tests.support.fake_idp import HMAC_SECRET
+from tests.support.e2e import RSSSampler, request, rss_kb, wait_until
+from tests.support.gateway_proc import ROOT, GatewayProcess
+from tests.support.upstream import Upstream, refused_port
 
 pytestmark = pytest.mark.timeout(60)
 

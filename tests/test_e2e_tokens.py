@@ -2,7 +2,7 @@
 
 Everything here talks HTTP to the REAL ``python -m gateway serve`` process
 (tests/support/gateway_proc.py) in front of real loopback upstreams
-(tests/support/upstream.py) and real loopback issuers (tests/fake_idp.py on a
+(tests/support/upstream.py) and real loopback issuers (tests/support/fake_idp.py on a
 thread of their own). One gateway serves the whole module; a second one, with
 ``trusted_proxies``, is started only for the X-Forwarded-* trust test.
 
@@ -20,6 +20,7 @@ Issuers configured on the module's gateway:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -33,10 +34,12 @@ from typing import Any, Dict, Optional
 import jwt
 import pytest
 
-from fake_idp import HMAC_SECRET, SigningKey
-from support.e2e import IdPThread, request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.upstream import Upstream, refused_port
+from tests.support.fake_idp import HMAC_SECRET, SigningKey
+from tests.support import tokens
+from tests.support.e2e import IdPThread, request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.tokens import bearer, make_token
+from tests.support.upstream import Upstream, refused_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,15 +67,8 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def claims(iss: str, sub: str = "alice", *, aud: Any = AUD, lifetime: int = 600, **extra: Any) -> Dict[str, Any]:
-    now = int(time.time())
-    body: Dict[str, Any] = {"iss": iss, "sub": sub, "aud": aud, "iat": now, "exp": now + lifetime}
-    body.update(extra)
-    return {k: v for k, v in body.items() if v is not None}
-
-
-def hs_token(sub: str = "alice", **extra: Any) -> str:
-    return jwt.encode(claims(HS_ISSUER, sub, **extra), HMAC_SECRET, algorithm="HS256")
+claims = functools.partial(tokens.claims, aud=AUD)
+hs_token = functools.partial(tokens.hs_token, iss=HS_ISSUER, secret=HMAC_SECRET, aud=AUD)
 
 
 def forge(header: Dict[str, Any], payload: Dict[str, Any], sign=None) -> str:
@@ -80,10 +76,6 @@ def forge(header: Dict[str, Any], payload: Dict[str, Any], sign=None) -> str:
     signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
     signature = sign(signing_input.encode()) if sign else b""
     return signing_input + "." + b64url(signature)
-
-
-def bearer(token: str) -> Dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def rid() -> str:
@@ -386,10 +378,10 @@ def _bad_tokens(env) -> Dict[str, Any]:
         "not-yet-valid": (bearer(hs_token(nbf=int(time.time()) + 3600)), "not_yet_valid"),
         "wrong-aud": (bearer(hs_token(aud="someone-else")), "audience"),
         "no-aud": (bearer(hs_token(aud=None)), "audience"),
-        "wrong-iss": (bearer(jwt.encode(claims("https://evil.example"), HMAC_SECRET, algorithm="HS256")), "issuer"),
+        "wrong-iss": (bearer(make_token(claims("https://evil.example"), HMAC_SECRET)), "issuer"),
         "bad-signature-other-key": (bearer(other_rsa.sign(claims(env.rsa.issuer))), "signature"),
         "bad-signature-tampered": (bearer(f"{head}.{tampered_payload}.{sig}"), "signature"),
-        "hs256-wrong-secret": (bearer(jwt.encode(claims(HS_ISSUER), "x" * 40, algorithm="HS256")), "signature"),
+        "hs256-wrong-secret": (bearer(make_token(claims(HS_ISSUER), "x" * 40)), "signature"),
         "alg-none": (bearer(forge({"alg": "none", "typ": "JWT"}, claims(HS_ISSUER))), "algorithm"),
         "alg-None-case": (bearer(forge({"alg": "None", "typ": "JWT"}, claims(env.rsa.issuer))), "algorithm"),
         "hs256-with-rsa-jwks-public-key": (
@@ -408,7 +400,7 @@ def _bad_tokens(env) -> Dict[str, Any]:
         "malformed-base64-payload": (bearer("eyJhbGciOiJIUzI1NiJ9.A.c2ln"), "malformed"),
         "malformed-json-payload": (bearer("eyJhbGciOiJIUzI1NiJ9.e30x.c2ln"), "malformed"),
         "not-a-jwt": (bearer("not-a-jwt"), "malformed"),
-        "sixteen-kb": (bearer(jwt.encode(big_claims, HMAC_SECRET, algorithm="HS256")), "large"),
+        "sixteen-kb": (bearer(make_token(big_claims, HMAC_SECRET)), "large"),
         "non-json-header": (bearer(b64url(b"this is not json") + "." + payload + "." + sig), "malformed"),
         "array-header": (bearer(b64url(b"[1,2]") + "." + payload + "." + sig), "malformed"),
         "bearer-two-tokens": ({"Authorization": "Bearer a b"}, "malformed"),

@@ -14,7 +14,6 @@ import http.server
 import json
 import secrets
 import shutil
-import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -24,12 +23,8 @@ from typing import Any
 
 import pytest
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from tests.support.browser import chromium_browser, wait_for_chromium  # noqa: E402
-from tests.support.oidc_provider import client, start_oidc_provider, user  # noqa: E402
+from tests.support.browser import chromium_browser, wait_for_chromium
+from tests.support.oidc_provider import client, start_oidc_provider, user
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: no local OIDC provider"),

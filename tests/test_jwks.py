@@ -1,4 +1,4 @@
-"""JWKSCache and discovery against a real loopback issuer (tests/fake_idp.py)."""
+"""JWKSCache and discovery against a real loopback issuer (tests/support/fake_idp.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
-from fake_idp import FakeIdP, SigningKey
+from tests.support.fake_idp import FakeIdP, SigningKey
 from gateway.discovery import DiscoveryCache, DiscoveryError, fetch_discovery
 from gateway.redact import safe_url
 from gateway.jwks import JWKSCache, KeysUnavailable, cache_ttl

@@ -19,14 +19,14 @@ from html.parser import HTMLParser
 from typing import Any, Dict, Optional
 from urllib.parse import parse_qs, parse_qsl, urlencode, urljoin, urlsplit
 
-import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import AsyncTestCase, bind_unused_port, gen_test
 from tornado.web import Application
 
-from fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
+from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
+from tests.support.tokens import make_token
 from gateway.config import ProviderConfig, TokenIssuerConfig
 from gateway.devidp import (AuthorizeHandler, DevIdentityProvider, DiscoveryHandler, JWKSHandler, LogoutHandler,
                             TokenHandler, UserInfoHandler)
@@ -572,10 +572,10 @@ class IdTokenChecksTest(AsyncTestCase):
 
     @gen_test(timeout=5)
     async def test_algorithms(self):
-        unsigned = jwt.encode(self.claims(), None, algorithm="none")
+        unsigned = make_token(self.claims(), None, alg="none")
         await self.refused(unsigned, "id_token_alg")
         # Signed with a shared secret (as if the client secret), a mode we never accept.
-        hmac_signed = jwt.encode(self.claims(), HMAC_SECRET, algorithm="HS256", headers={"kid": "rsa-1"})
+        hmac_signed = make_token(self.claims(), HMAC_SECRET, headers={"kid": "rsa-1"})
         await self.refused(hmac_signed, "id_token_alg")
         # A key from the provider's set, but another key's signature.
         forged = SigningKey("RS256", "rsa-1", index=1).sign(self.claims())

@@ -200,7 +200,7 @@ def test_k8s_secret_is_a_marked_placeholder_and_is_referenced():
     assert needed and needed <= set(secret["stringData"])
 
 
-def test_k8s_gateway_deployment_is_replicated_hardened_and_probed_on_the_admin_port():
+def test_k8s_gateway_deployment_is_replicated_hardened_and_probed_on_the_admin_port(gateway_env):
     dep = gateway_deployment()
     assert dep["spec"]["replicas"] > 1
     pod = dep["spec"]["template"]["spec"]
@@ -234,8 +234,7 @@ def test_k8s_gateway_deployment_is_replicated_hardened_and_probed_on_the_admin_p
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
     # the pod may take longer to stop than the gateway's own shutdown grace
-    grace = loads(configmap_routes(), env={"GATEWAY_SESSION_SECRET": "x" * 32,
-                                           "OIDC_CLIENT_SECRET": "y"}).server.shutdown_grace
+    grace = loads(configmap_routes(), env=gateway_env("x" * 32, OIDC_CLIENT_SECRET="y")).server.shutdown_grace
     assert pod.get("terminationGracePeriodSeconds", 30) > grace
 
 

@@ -10,17 +10,18 @@ foreground in a directory of the test's own and are stopped by PID.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
 
-import jwt
 import pytest
 
-from support.e2e import request, wait_ready
-from support.gateway_proc import GatewayProcess
-from support.ops import Daemon, ensure_caddy, ensure_nginx, stop_gateway, wait_port
-from support.upstream import Upstream, free_port
+from tests.support.e2e import request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.ops import Daemon, ensure_caddy, ensure_nginx, stop_gateway, wait_port
+from tests.support.tokens import bearer, gateway_env, hs_token
+from tests.support.upstream import Upstream, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,15 +50,8 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def token(sub: str = "alice", secret: str = CI_SECRET, **extra) -> str:
-    import time
-
-    now = int(time.time())
-    claims = {"iss": "ci-runner", "sub": sub, "iat": now, "exp": now + 600,
-              "email": f"{sub}@example.com", "groups": ["dev", "ops"]}
-    claims.update(extra)
-    claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, secret, algorithm="HS256")
+token = functools.partial(hs_token, iss="ci-runner", secret=CI_SECRET, email_domain="example.com",
+                          groups=["dev", "ops"])
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -75,7 +69,7 @@ def gateway(app):
     routes = readme_blocks()["yaml"][0]
     assert "routes:" in routes and "tokens:" in routes
     config = replace_once(routes, f"http://{README_APP}", app.url)
-    gw = GatewayProcess(config, env={"CI_JWT_SECRET": CI_SECRET}).start()
+    gw = GatewayProcess(config, env=gateway_env(None, CI_JWT_SECRET=CI_SECRET)).start()
     wait_ready(gw.admin_url)
     yield gw
     stop_gateway(gw)
@@ -193,7 +187,7 @@ def test_bad_token_is_401(front, app):
     before = app.state["requests"]
     for bad in (token(secret="another-secret-that-is-long-enough-0123456789"), "not.a.jwt",
                 token(exp=1)):
-        resp = call(base, "/dashboard", headers={"Authorization": f"Bearer {bad}"})
+        resp = call(base, "/dashboard", headers=bearer(bad))
         assert resp.status == 401, bad
     assert app.state["requests"] == before
 
@@ -201,7 +195,7 @@ def test_bad_token_is_401(front, app):
 def test_good_token_reaches_the_app_with_the_identity(front, app):
     name, base = front
     before = app.state["requests"]
-    resp = call(base, "/dashboard?x=1", headers={"Authorization": f"Bearer {token('alice')}"})
+    resp = call(base, "/dashboard?x=1", headers=bearer(token('alice')))
     assert resp.status == 200, resp.body
     assert app.state["requests"] == before + 1  # from the proxy only: the gateway just answered the check
     seen = app_headers(resp.body)
@@ -214,7 +208,7 @@ def test_good_token_reaches_the_app_with_the_identity(front, app):
 def test_token_failing_the_allow_rule_is_403(front, app):
     _, base = front
     before = app.state["requests"]
-    resp = call(base, "/dashboard", headers={"Authorization": f"Bearer {token('bob')}"})
+    resp = call(base, "/dashboard", headers=bearer(token('bob')))
     assert resp.status == 403
     assert app.state["requests"] == before
 
@@ -223,7 +217,7 @@ def test_the_method_reaches_the_gateway(front, app):
     """The rule allows alice GET/HEAD only: a POST proves X-Forwarded-Method got through."""
     _, base = front
     before = app.state["requests"]
-    resp = call(base, "/dashboard", method="POST", headers={"Authorization": f"Bearer {token('alice')}",
+    resp = call(base, "/dashboard", method="POST", headers={**bearer(token('alice')),
                                                             "Content-Length": "0"})
     assert resp.status == 403
     assert app.state["requests"] == before
@@ -244,7 +238,7 @@ def test_claims_the_token_lacks_are_not_invented(front, app):
     otherwise send the placeholder text itself)."""
     name, base = front
     bare = token("alice", email=None, groups=None)
-    resp = call(base, "/dashboard", headers={"Authorization": f"Bearer {bare}"})
+    resp = call(base, "/dashboard", headers=bearer(bare))
     assert resp.status == 200
     seen = app_headers(resp.body)
     assert seen[USER_HEADER[name].lower()] == "alice"
@@ -261,7 +255,7 @@ def test_client_identity_headers_never_reach_the_app(front, app):
     assert resp.status == 200
     seen = app_headers(resp.body)
     assert all(h not in seen for h in trusted), seen
-    resp = call(base, "/dashboard", headers=dict(spoof, Authorization=f"Bearer {token('alice')}"))
+    resp = call(base, "/dashboard", headers=dict(spoof, **bearer(token('alice'))))
     assert resp.status == 200
     seen = app_headers(resp.body)
     assert [seen.get(h) for h in trusted] == ["alice", "alice@example.com", "dev,ops"]
@@ -280,7 +274,7 @@ def test_public_route_is_no_way_around_the_check(front, app, path):
 def test_unknown_host_is_403_and_x_original_url_is_understood(gateway, nginx):
     """The contract of /oauth2/auth as the README table states it, asked directly and via nginx."""
     assert call(nginx, "/dashboard", headers={"Host": "other.example.com"}).status == 403
-    good = {"Authorization": f"Bearer {token('alice')}"}
+    good = bearer(token('alice'))
     direct = request(gateway.url, "GET", "/oauth2/auth",
                      headers=dict(good, **{"X-Original-URL": f"http://{APP_HOST}/dashboard"}))
     assert direct.status == 200 and direct.header("X-Auth-Request-User") == "alice"

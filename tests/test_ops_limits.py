@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from support.e2e import request, wait_ready, wait_until
-from support.gateway_proc import GatewayProcess
-from support.ops import stop_gateway
-from support.upstream import Upstream
+from tests.support.e2e import request, wait_ready, wait_until
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.ops import stop_gateway
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(40)
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from support.e2e import request, wait_ready, wait_until
-from support.gateway_proc import GatewayProcess
-from support.ops import connect_refused, stop_gateway
-from support.upstream import Upstream
+from tests.support.e2e import request, wait_ready, wait_until
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.ops import connect_refused, stop_gateway
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -60,7 +60,7 @@ def start_slow(url: str, seconds: float) -> dict:
 
 
 def in_flight(gw: GatewayProcess) -> float:
-    from support.ops import metric_sum
+    from tests.support.ops import metric_sum
 
     return metric_sum(gw.admin_url, "gateway_requests_in_flight")
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
-from fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
+from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
 from gateway.config import TokenIssuerConfig
 from gateway.models import AuthError
 from gateway.tokens import TokenVerifier, bearer_from_header, check_issuer

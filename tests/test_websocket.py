@@ -18,6 +18,7 @@ Upstream behaviour, chosen by the query string (the gateway forwards it):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -26,14 +27,14 @@ import time
 import uuid
 from typing import Any, Optional
 
-import jwt
 import pytest
 from tornado import httpserver, web, websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
-from support.e2e import IdPThread, RSSSampler, request, wait_ready, wait_until
-from support.gateway_proc import GatewayProcess
-from support.upstream import refused_port
+from tests.support.e2e import IdPThread, RSSSampler, request, wait_ready, wait_until
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.tokens import bearer, hs_token
+from tests.support.upstream import refused_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,16 +195,7 @@ routes:
 """
 
 
-def token(sub: str = "alice", secret: str = SECRET, **extra: Any) -> str:
-    now = int(time.time())
-    body = {"iss": "ci", "sub": sub, "iat": now, "exp": now + 600, "email": f"{sub}@example.com",
-            "groups": ["devs", "sre"]}
-    body.update(extra)
-    return jwt.encode(body, secret, algorithm="HS256")
-
-
-def bearer(sub: str = "alice") -> dict:
-    return {"Authorization": f"Bearer {token(sub)}"}
+token = functools.partial(hs_token, iss="ci", secret=SECRET, email_domain="example.com", groups=["devs", "sre"])
 
 
 def run(coro: Any, timeout: float = 15.0) -> Any:
@@ -324,7 +316,7 @@ def test_login_route_accepts_bearer_token(env: Env) -> None:
     c = cid()
 
     async def go() -> Any:
-        conn = await connect(env.gw.url, f"/app/socket?cid={c}", bearer("carol"))
+        conn = await connect(env.gw.url, f"/app/socket?cid={c}", bearer(token("carol")))
         await conn.write_message("hi")
         reply = await conn.read_message()
         conn.close()
@@ -336,7 +328,7 @@ def test_login_route_accepts_bearer_token(env: Env) -> None:
 
 def test_websocket_disabled_route_is_403(env: Env) -> None:
     c = cid()
-    assert handshake_status(env.gw.url, f"/nows/echo?cid={c}", bearer()) == 403
+    assert handshake_status(env.gw.url, f"/nows/echo?cid={c}", bearer(token())) == 403
     assert env.upstream.conn(c) == {}
 
 
@@ -352,7 +344,7 @@ def test_text_and_binary_echo(env: Env) -> None:
     blob = bytes(range(256)) * 300
 
     async def go() -> list:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer())
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(token()))
         out = []
         for message in ("hello", "ünïcødé ✓", blob, b"", "x" * 100_000):
             await conn.write_message(message, binary=isinstance(message, bytes))
@@ -379,7 +371,7 @@ def test_identity_headers_reach_upstream_and_client_copies_are_stripped(env: Env
     }
 
     async def go() -> None:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", dict(bearer("alice"), **spoofed))
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", dict(bearer(token("alice")), **spoofed))
         await conn.write_message("ping")
         assert await conn.read_message() == "ping"
         conn.close()
@@ -413,7 +405,7 @@ def test_close_code_from_upstream_reaches_client(env: Env) -> None:
     c = cid()
 
     async def go() -> tuple:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer())
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(token()))
         await conn.write_message("close-me")
         assert await conn.read_message() is None
         return conn.close_code, conn.close_reason
@@ -425,7 +417,7 @@ def test_close_code_from_client_reaches_upstream(env: Env) -> None:
     c = cid()
 
     async def go() -> None:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer())
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(token()))
         await conn.write_message("one")
         assert await conn.read_message() == "one"
         conn.close(4002, "client-bye")
@@ -444,7 +436,7 @@ def test_subprotocol_negotiation(env: Env, offered: Optional[list], expected: Op
     c = cid()
 
     async def go() -> Optional[str]:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(), subprotocols=offered)
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(token()), subprotocols=offered)
         chosen = conn.selected_subprotocol
         await conn.write_message("p")
         assert await conn.read_message() == "p"
@@ -461,7 +453,7 @@ def test_route_timeout_does_not_cut_an_open_websocket(env: Env) -> None:
     c = cid()
 
     async def go() -> list:
-        conn = await connect(env.gw.url, f"/short/echo?cid={c}", bearer())
+        conn = await connect(env.gw.url, f"/short/echo?cid={c}", bearer(token()))
         await conn.write_message("a")
         first = await conn.read_message()
         await asyncio.sleep(1.6)
@@ -478,7 +470,7 @@ def test_backpressure_flood_to_slow_reader(env: Env) -> None:
     pid = env.gw.proc.pid
 
     async def go() -> list:
-        conn = await connect(env.gw.url, f"/ws/flood?mode=flood&cid={c}", bearer())
+        conn = await connect(env.gw.url, f"/ws/flood?mode=flood&cid={c}", bearer(token()))
         indexes = []
         for _ in range(FLOOD_COUNT):
             message = await conn.read_message()
@@ -501,7 +493,7 @@ def test_access_log_line_for_websocket(env: Env) -> None:
     c = cid()
 
     async def go() -> None:
-        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer("dave"))
+        conn = await connect(env.gw.url, f"/ws/echo?cid={c}", bearer(token("dave")))
         await conn.write_message("x")
         await conn.read_message()
         conn.close()
@@ -526,7 +518,7 @@ def sigterm_run(env: Env) -> dict:
         c = cid()
 
         async def go() -> tuple:
-            conn = await connect(gw.url, f"/ws/echo?cid={c}", bearer())
+            conn = await connect(gw.url, f"/ws/echo?cid={c}", bearer(token()))
             await conn.write_message("before")
             assert await conn.read_message() == "before"
             started = time.monotonic()

@@ -113,7 +113,7 @@ class IdPThread:
     """
 
     def __init__(self, keys: Optional[Iterable[Any]] = None, **kwargs: Any):
-        from fake_idp import FakeIdP
+        from tests.support.fake_idp import FakeIdP
 
         self.idp: Any = None
         ready = threading.Event()

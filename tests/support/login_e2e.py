@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import functools
 import json
 import os
 import signal
@@ -22,11 +23,11 @@ import time
 import urllib.parse
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-import jwt
 import yaml
 
-from support.e2e import Response, request, wait_ready
-from support.gateway_proc import GatewayProcess
+from tests.support import tokens
+from tests.support.e2e import Response, request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
 
 SESSION_SECRET = "e2e-login-session-secret-0123456789abcdefghijklmnop"
 CI_JWT_SECRET = "e2e-login-ci-jwt-secret-0123456789abcdefghijklmnopq"
@@ -47,8 +48,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def gateway_env() -> dict:
-    return {"GATEWAY_SESSION_SECRET": SESSION_SECRET, "CI_JWT_SECRET": CI_JWT_SECRET}
 
 
 def provider_entry(issuer: str, client_id: str, client_secret: str, display_name: Optional[str] = None) -> dict:
@@ -99,7 +98,7 @@ def start_gateway(config_text: str, port: int, *, ready: bool = True) -> Gateway
     """The real ``python -m gateway serve`` on 127.0.0.1:``port``; waits for /ready unless told not to."""
     last: Optional[Exception] = None
     for _ in range(2):  # the chosen port could have been taken meanwhile (unlikely)
-        gw = GatewayProcess(config_text, env=gateway_env(), listen=f"127.0.0.1:{port}")
+        gw = GatewayProcess(config_text, env=tokens.gateway_env(SESSION_SECRET, CI_JWT_SECRET=CI_JWT_SECRET), listen=f"127.0.0.1:{port}")
         try:
             gw.start()
         except RuntimeError as exc:
@@ -117,10 +116,7 @@ def start_gateway(config_text: str, port: int, *, ready: bool = True) -> Gateway
     raise AssertionError(f"gateway did not start: {last}")
 
 
-def hs_token(sub: str = "robot", lifetime: int = 600, **claims: Any) -> str:
-    now = int(time.time())
-    body = {"iss": CI_ISSUER, "sub": sub, "aud": "api", "iat": now, "exp": now + lifetime, **claims}
-    return jwt.encode(body, CI_JWT_SECRET, algorithm="HS256")
+hs_token = functools.partial(tokens.hs_token, iss=CI_ISSUER, secret=CI_JWT_SECRET, aud="api")
 
 
 def jwt_claims(token: str) -> dict:

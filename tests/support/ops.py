@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -20,11 +21,11 @@ import subprocess
 import time
 from typing import Any, Iterable, Optional
 
-import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.e2e import request
+from tests.support import tokens
+from tests.support.e2e import request
 
 HS_ISSUER = "ops-ci"
 HS_SECRET = "ops-test-secret-0123456789-abcdefghijklmnop"  # >= 32 bytes
@@ -39,15 +40,7 @@ tokens:
 """
 
 
-def hs_token(sub: str = "alice", *, secret: str = HS_SECRET, lifetime: int = 600, **extra: Any) -> str:
-    now = int(time.time())
-    claims = {"iss": HS_ISSUER, "sub": sub, "iat": now, "exp": now + lifetime}
-    claims.update(extra)
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
+hs_token = functools.partial(tokens.hs_token, iss=HS_ISSUER, secret=HS_SECRET)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -20,8 +20,10 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 from tornado.web import Application, RequestHandler
 
-NOW = 1_700_000_000  # the wall-clock time tests inject into TokenVerifier
-HMAC_SECRET = "a-test-secret-that-is-long-enough-for-hs256!"
+from tests.support.tokens import HMAC_SECRET, NOW, make_token
+
+__all__ = ["HMAC_SECRET", "NOW", "FakeIdP", "SigningKey"]
+
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +67,7 @@ class SigningKey:
         if self.kid is not None:
             all_headers["kid"] = self.kid
         all_headers.update(headers or {})
-        return jwt.encode(claims, self.private, algorithm=alg or self.alg, headers=all_headers)
+        return make_token(claims, self.private, alg=alg or self.alg, headers=all_headers)
 
 
 class _Counting(RequestHandler):
