@@ -5,6 +5,7 @@ No gateway imports here, so every other module can use them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
@@ -43,3 +44,8 @@ class AuthError(Exception):
         super().__init__(description)
         self.description = description
         self.reason = reason
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (int or float, never bool): what a numeric claim must be."""
+    return type(value) in (int, float) and math.isfinite(value)

@@ -33,7 +33,6 @@ import asyncio
 import binascii
 import json
 import logging
-import math
 import re
 import time
 from collections import OrderedDict
@@ -51,7 +50,7 @@ from tornado.httpclient import AsyncHTTPClient
 from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
 from .discovery import DiscoveryCache, DiscoveryError
 from .jwks import DEFAULT_RETRY_INTERVAL, EC_CURVES, RSA_ALGORITHMS, JWKSCache, JWKSRegistry, KeysUnavailable
-from .models import AuthError, Identity
+from .models import AuthError, Identity, is_number
 
 log = logging.getLogger("gateway.tokens")
 
@@ -187,10 +186,6 @@ class _Issuer:
             "verify_nbf": False,
             "verify_iat": False,
         }
-
-
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _claim(payload: Dict[str, Any], name: str) -> Any:
@@ -446,19 +441,19 @@ class TokenVerifier:
         now = self._clock()
         leeway = issuer.config.leeway
         exp = payload["exp"]
-        if not _number(exp):
+        if not is_number(exp):
             raise _error("malformed token", "malformed")
         if exp <= now - leeway:
             raise _error("token expired", "expired")
         nbf = payload.get("nbf")
         if nbf is not None:
-            if not _number(nbf):
+            if not is_number(nbf):
                 raise _error("malformed token", "malformed")
             if nbf > now + leeway:
                 raise _error("token not yet valid", "not_yet_valid")
         iat = payload.get("iat")
         if iat is not None:
-            if not _number(iat):
+            if not is_number(iat):
                 raise _error("malformed token", "malformed")
             if iat > now + leeway:
                 raise _error("token issued in the future", "issued_in_future")
