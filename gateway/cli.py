@@ -20,8 +20,7 @@ from tornado import netutil
 from tornado.httpserver import HTTPServer
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError
-from .loader import load
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, parse_listen
 
 log = logging.getLogger("gateway")
 
@@ -157,24 +156,17 @@ def _override_listen(config: Config, listen: Optional[str], admin_listen: Option
     errors = []
     if listen:
         try:
-            server = replace(server, listen=parse_hostport(listen))
+            server = replace(server, listen=parse_listen(listen))
         except ValueError as exc:
             errors.append(f"--listen: {exc}")
     if admin_listen:
         try:
-            server = replace(server, admin_listen=None if admin_listen == "off" else parse_hostport(admin_listen))
+            server = replace(server, admin_listen=None if admin_listen == "off" else parse_listen(admin_listen))
         except ValueError as exc:
             errors.append(f"--admin-listen: {exc}")
     if errors:
         raise ConfigError(errors)
     return replace(config, server=server)
-
-
-def parse_hostport(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _reuse_port_supported(host: str, port: int) -> bool:

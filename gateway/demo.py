@@ -20,9 +20,8 @@ import textwrap
 from tornado import httpserver, netutil, web
 
 from .cli import Server, run
-from .config import ConfigError
+from .config import ConfigError, load
 from .devidp import DevIdentityProvider
-from .loader import load
 
 
 class EchoHandler(web.RequestHandler):

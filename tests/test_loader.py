@@ -27,7 +27,7 @@ from gateway.config import (
     SessionConfig,
     TokenIssuerConfig,
 )
-from gateway.loader import load, loads, parse_duration, parse_listen, parse_size
+from gateway.config import load, loads, parse_duration, parse_listen, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "0123456789abcdef0123456789abcdef"  # exactly 32 bytes
