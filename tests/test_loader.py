@@ -1,4 +1,4 @@
-"""Tests for gateway.loader: routes.yaml text in, Config or every error out."""
+"""Tests for gateway.config.load: routes.yaml text in, Config or every error out."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ class RouteConfig:
     upstreams: Tuple[str, ...] = opt(kind="strings", key="upstream")
     auth: str = opt(AUTH_TOKEN, kind="auth")
     host: Optional[str] = opt(None, kind="string")  # exact, or "*.example.com"; lower-case
-    providers: Tuple[str, ...] = opt((), kind="strings")  # login providers accepted; filled with all by the loader
+    providers: Tuple[str, ...] = opt((), kind="strings")  # login providers accepted; filled with all by the rules
     allow: Tuple[Rule, ...] = opt((), kind="list", item=Rule)  # empty: every authenticated identity
     strip_prefix: bool = opt(False, kind="bool")
     preserve_host: bool = opt(False, kind="bool")
