@@ -195,13 +195,13 @@ def yaml_keys(section: type) -> Tuple[str, ...]:
     return tuple(keys)
 
 
-def json_schema(section: type = None) -> dict:  # type: ignore[assignment]
+def json_schema(section: Optional[type] = None) -> dict:
     """A JSON Schema (draft 2020-12) of ``section`` (default: the whole file), from the declaration."""
     if section is None:
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(Config)}
-        schema["patternProperties"] = {"^x-": {}}  # room for YAML anchors
-        schema["required"] = ["routes"]
-        return schema
+        whole = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(Config)}
+        whole["patternProperties"] = {"^x-": {}}  # room for YAML anchors
+        whole["required"] = ["routes"]
+        return whole
     properties: dict[str, Any] = {}
     required = []
     for f in fields(section):
@@ -209,7 +209,8 @@ def json_schema(section: type = None) -> dict:  # type: ignore[assignment]
         if key is None:
             continue
         key = f.name if key is _SAME else key
-        kind, item = f.metadata["kind"], f.metadata.get("item")
+        kind: str = f.metadata["kind"]
+        item: Any = f.metadata.get("item")
         if kind == "section":
             properties[key] = json_schema(item)
         elif kind == "named":
