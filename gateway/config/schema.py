@@ -55,7 +55,9 @@ class ConfigError(Exception):
 _SAME: Any = object()  # "the YAML key is the field name"
 
 
-def opt(default: Any = MISSING, *, kind: str, key: Any = _SAME, factory: Any = MISSING, item: Any = None) -> Any:
+def opt(
+    default: Any = MISSING, *, kind: str, key: Any = _SAME, factory: Any = MISSING, item: Any = None
+) -> Any:
     """A field with its YAML declaration: the ``kind`` of value and the ``key`` it is read from.
 
     ``key=None`` marks a field that is not a YAML key; ``item`` is the dataclass
@@ -76,11 +78,15 @@ class ServerConfig:
     shutdown_grace: float = opt(DEFAULT_SHUTDOWN_GRACE, kind="duration")
     workers: int = opt(1, kind="workers")
     max_body_size: int = opt(0, kind="size")  # bytes; 0 = unlimited (routes may set their own)
-    max_header_size: int = opt(DEFAULT_MAX_HEADER_SIZE, kind="size")  # request line + headers; larger is refused (431)
-    idle_timeout: float = opt(DEFAULT_IDLE_TIMEOUT, kind="duration")  # a keep-alive connection with no request is closed
-    header_timeout: float = opt(DEFAULT_HEADER_TIMEOUT, kind="duration")  # a client must send its request head within this
+    # request line + headers; larger is refused (431)
+    max_header_size: int = opt(DEFAULT_MAX_HEADER_SIZE, kind="size")
+    # a keep-alive connection with no request is closed
+    idle_timeout: float = opt(DEFAULT_IDLE_TIMEOUT, kind="duration")
+    # a client must send its request head within this
+    header_timeout: float = opt(DEFAULT_HEADER_TIMEOUT, kind="duration")
     max_connections: int = opt(0, kind="integer")  # open client connections per process; 0 = no cap
-    reuse_port: bool = opt(False, kind="bool")  # workers: a socket each (even spread) instead of one shared (survives a crash)
+    # workers: a socket each (even spread) instead of one shared (survives a crash)
+    reuse_port: bool = opt(False, kind="bool")
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ class RouteConfig:
     upstreams: Tuple[str, ...] = opt(kind="strings", key="upstream")
     auth: str = opt(AUTH_TOKEN, kind="auth")
     host: Optional[str] = opt(None, kind="string")  # exact, or "*.example.com"; lower-case
-    providers: Tuple[str, ...] = opt((), kind="strings")  # login providers accepted; filled with all by the rules
+    # login providers accepted; filled with all by the rules
+    providers: Tuple[str, ...] = opt((), kind="strings")
     allow: Tuple[Rule, ...] = opt((), kind="list", item=Rule)  # empty: every authenticated identity
     strip_prefix: bool = opt(False, kind="bool")
     preserve_host: bool = opt(False, kind="bool")

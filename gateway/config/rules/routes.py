@@ -12,8 +12,28 @@ from typing import Any, Optional, Sequence, Tuple
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from ..schema import AUTH_LOGIN, AUTH_MODES, AUTH_PUBLIC, AUTH_TOKEN, RouteConfig, Rule, yaml_keys
-from ..source import BAD, BOOL, CONSTRUCTOR, FLOAT, INT, TOKEN, Source, hint, is_hostname, line_of, q
+from ..schema import (
+    AUTH_LOGIN,
+    AUTH_MODES,
+    AUTH_PUBLIC,
+    AUTH_TOKEN,
+    RouteConfig,
+    Rule,
+    yaml_keys,
+)
+from ..source import (
+    BAD,
+    BOOL,
+    CONSTRUCTOR,
+    FLOAT,
+    INT,
+    TOKEN,
+    Source,
+    hint,
+    is_hostname,
+    line_of,
+    q,
+)
 
 KEYS = yaml_keys(RouteConfig)
 RULE_KEYS = yaml_keys(Rule)

@@ -16,7 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from yaml.nodes import Node
 
-from ..schema import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, TokenIssuerConfig, yaml_keys
+from ..schema import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    SUPPORTED_ALGORITHMS,
+    TokenIssuerConfig,
+    yaml_keys,
+)
 from ..source import BAD, Scalar, Source, check_url, hint, line_of, q
 
 KEYS = yaml_keys(TokenIssuerConfig)
