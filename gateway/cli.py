@@ -13,8 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, ConfigError
-from .loader import load
+from .config import DEFAULT_CONFIG_PATH, ConfigError, load
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -19,10 +19,9 @@ import textwrap
 
 from tornado import httpserver, netutil, web
 
-from .server import Server, run
-from .config import ConfigError
+from .config import ConfigError, load
 from .devidp import DevIdentityProvider, log_without_query
-from .loader import load
+from .server import Server, run
 
 
 class EchoHandler(web.RequestHandler):

@@ -397,7 +397,7 @@ class LoginManager:
         if session is not None:
             client = self.clients.get(session.provider)
             if client is not None:
-                landing = getattr(client.config, "post_logout_redirect_uri", "") or self.public_url + "/"  # MERGE: config field
+                landing = client.config.post_logout_redirect_uri or self.public_url + "/"
                 try:
                     url = await client.end_session_url(id_token_hint=session.id_token,
                                                        post_logout_redirect_uri=landing)

@@ -5,6 +5,7 @@ No gateway imports here, so every other module can use them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
@@ -43,3 +44,17 @@ class AuthError(Exception):
         super().__init__(description)
         self.description = description
         self.reason = reason
+
+
+MAX_NUMBER = 2 ** 53  # beyond this a JSON number is not an exact time or count
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (int or float, never bool) of a sane size: what a numeric claim must be.
+
+    An int too large for a float (``"exp": 10**400``) is not one: comparing it with a
+    float time would raise OverflowError.
+    """
+    if type(value) is int:
+        return -MAX_NUMBER <= value <= MAX_NUMBER
+    return type(value) is float and math.isfinite(value)

@@ -40,7 +40,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
 import secrets
 import time
@@ -57,7 +56,7 @@ from . import claims
 from .discovery import DiscoveryCache, DiscoveryError, describe_fetch_error
 from .redact import safe_url
 from .jwks import JWKSRegistry, KeysUnavailable
-from .models import AuthError
+from .models import AuthError, is_number
 
 log = logging.getLogger("gateway.oidc")
 
@@ -155,10 +154,6 @@ class UserClaims:
     claims: dict
 
 
-def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
-
-
 def _with_query(url: str, params: Dict[str, str]) -> str:
     """``url`` with ``params`` added; its own query is kept, except the keys we set."""
     parts = urlsplit(url)
@@ -183,7 +178,7 @@ def _kept_value(value: Any) -> Any:
         return value
     if isinstance(value, str):
         return value if len(value) <= _MAX_CLAIM_STRING else None
-    if _number(value):
+    if is_number(value):
         return value
     if isinstance(value, (list, tuple)):
         items = [v for v in value if isinstance(v, str) and len(v) <= _MAX_CLAIM_STRING]
@@ -402,7 +397,7 @@ class OIDCClient:
                 expires_in = float(expires_in)
             except ValueError:
                 expires_in = None
-        if _number(expires_in) and not isinstance(expires_in, bool) and expires_in > 0:
+        if is_number(expires_in) and not isinstance(expires_in, bool) and expires_in > 0:
             expires_at = self._clock() + float(expires_in)
         scope = document.get("scope")
         return TokenSet(access_token=access_token, id_token=id_token, refresh_token=refresh_token,
@@ -519,17 +514,17 @@ class OIDCClient:
             raise self._invalid("azp is another client", "id_token_azp")
         now = self._clock()
         exp = claims.get("exp")
-        if not _number(exp) or isinstance(exp, bool):
+        if not is_number(exp) or isinstance(exp, bool):
             raise self._invalid("no exp", "id_token_malformed")
         if exp <= now - self._leeway:
             raise self._invalid("expired", "id_token_expired")
         iat = claims.get("iat")
-        if not _number(iat) or isinstance(iat, bool):
+        if not is_number(iat) or isinstance(iat, bool):
             raise self._invalid("no iat", "id_token_malformed")
         if iat > now + self._leeway:
             raise self._invalid("issued in the future", "id_token_iat")
         nbf = claims.get("nbf")
-        if nbf is not None and (not _number(nbf) or nbf > now + self._leeway):
+        if nbf is not None and (not is_number(nbf) or nbf > now + self._leeway):
             raise self._invalid("not yet valid", "id_token_nbf")
         if nonce is not None:
             found = claims.get("nonce")

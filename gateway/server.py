@@ -25,7 +25,7 @@ from tornado.httpserver import HTTPServer
 from .admin import make_admin_app
 from .app import make_app
 from .config import Config, ConfigError
-from .loader import load, parse_listen
+from .config import load, parse_listen
 from .runtime import Gateway, Runtime
 from .telemetry import enable_multiprocess
 

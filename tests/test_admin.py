@@ -7,7 +7,7 @@ import json
 from tornado.testing import AsyncHTTPTestCase
 
 from gateway.admin import make_admin_app
-from gateway.loader import loads
+from gateway.config import loads
 from gateway.runtime import Gateway
 
 CONFIG = """

@@ -18,7 +18,7 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import AsyncHTTPTestCase, ExpectLog, bind_unused_port, gen_test
 
 from gateway.app import make_app
-from gateway.loader import loads
+from gateway.config import loads
 from gateway.runtime import Gateway
 
 

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from support.e2e import request, wait_ready
-from support.gateway_proc import GatewayProcess
+from tests.support.e2e import request, wait_ready
+from tests.support.gateway_proc import GatewayProcess
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""Tests for gateway.loader: routes.yaml text in, Config or every error out."""
+"""Tests for gateway.config.load: routes.yaml text in, Config or every error out."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from gateway.config import (
     SessionConfig,
     TokenIssuerConfig,
 )
-from gateway.loader import load, loads, parse_duration, parse_listen, parse_size
+from gateway.config import load, loads, parse_duration, parse_listen, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "0123456789abcdef0123456789abcdef"  # exactly 32 bytes

@@ -20,7 +20,7 @@ import sysconfig
 import pytest
 import yaml
 
-from gateway.loader import loads
+from gateway.config import loads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

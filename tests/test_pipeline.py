@@ -19,7 +19,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from gateway import pipeline
 from gateway.answers import Empty, Refusal
-from gateway.loader import loads
+from gateway.config import loads
 from gateway.forwarding import UpstreamError
 from gateway.pipeline import Admitted, OwnEndpoint, RequestHead
 from gateway.routing import Match

@@ -4,7 +4,7 @@ Table tests for every condition, the any-rule / all-conditions semantics, the
 deny reason (for the log), and Hypothesis properties: a rule built from an
 identity's own values admits it; adding a condition it lacks denies it.
 
-Rules are built the way the loader stores them (gateway/loader.py): frozensets,
+Rules are built the way the loader stores them (gateway/config/rules/routes.py): frozensets,
 email and email_domain lower-case, methods upper-case, claim values as str()
 with booleans written ``true``/``false``.
 """

@@ -11,14 +11,15 @@ import time
 
 import jwt
 import pytest
+import yaml
 from hypothesis import given, settings, strategies as st
 from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
-from gateway.config import TokenIssuerConfig
+from gateway.config import ConfigError, TokenIssuerConfig, loads
 from gateway.models import AuthError
-from gateway.tokens import TokenVerifier, bearer_from_header, check_issuer
+from gateway.tokens import TokenVerifier, bearer_from_header
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -104,15 +105,29 @@ def test_bearer_from_header_round_trip(token, scheme):
 # -- configuration ----------------------------------------------------------------
 
 
-def test_check_issuer_reports_confusable_configs():
+def issuer_errors(**entry) -> list:
+    """What the config rules say about one ``tokens`` entry (empty when it is accepted)."""
+    text = yaml.safe_dump({
+        "tokens": [{"issuer": "https://idp.example.com", "audience": "any", **entry}],
+        "routes": [{"name": "app", "path": "/", "upstream": "http://127.0.0.1:9000", "auth": "public"}],
+    })
+    try:
+        loads(text)
+    except ConfigError as exc:
+        return exc.errors
+    return []
+
+
+def test_config_rules_report_confusable_issuers():
     pem = SigningKey("RS256").public_pem
-    assert check_issuer(TokenIssuerConfig("a", ("RS256",), public_key=pem)) == []
-    assert check_issuer(TokenIssuerConfig("a", ("HS256",), secret=HMAC_SECRET)) == []
-    assert "need a secret" in check_issuer(TokenIssuerConfig("a", ("RS256", "HS256")))[0]
-    assert "need a public key" in check_issuer(TokenIssuerConfig("a", ("RS256",), secret=HMAC_SECRET))[0]
-    assert "cannot verify ES256" in check_issuer(TokenIssuerConfig("a", ("ES256",), public_key=pem))[0]
-    assert "not a PEM" in check_issuer(TokenIssuerConfig("a", ("RS256",), public_key="junk"))[0]
-    assert "only one of" in check_issuer(TokenIssuerConfig("a", ("RS256",), public_key=pem, jwks_uri="http://x"))[0]
+    assert issuer_errors(algorithms=["RS256"], public_key=pem) == []
+    assert issuer_errors(algorithms=["HS256"], secret=HMAC_SECRET) == []
+    assert "mix HMAC (HS256) and public-key (RS256)" in issuer_errors(algorithms=["RS256", "HS256"])[0]
+    assert "HS256 needs a secret" in issuer_errors(algorithms=["HS256"])[0]
+    assert "RS256 needs public_key, jwks_uri" in issuer_errors(algorithms=["RS256"], secret=HMAC_SECRET)[0]
+    assert "cannot verify ES256" in issuer_errors(algorithms=["ES256"], public_key=pem)[0]
+    assert "not a PEM public key" in issuer_errors(algorithms=["RS256"], public_key="-----BEGIN PUBLIC KEY-----\njunk\n-----END PUBLIC KEY-----\n")[0]
+    assert "give only one of" in issuer_errors(algorithms=["RS256"], public_key=pem, jwks_uri="http://x")[0]
     with pytest.raises(ValueError, match="configured twice"):
         TokenVerifier([TokenIssuerConfig("a", ("HS256",), secret=HMAC_SECRET)] * 2, None)
 
@@ -379,9 +394,11 @@ class AttacksTest(VerifierTestCase):
         ]:
             error = await self.refused(self.verifier(issuer), forged)
             assert (error.description, error.reason) == ("algorithm not allowed", "bad_algorithm")
-        # Even an issuer whose allowlist (wrongly) names HS256 is not started.
-        with pytest.raises(ValueError, match="need a secret"):
-            TokenVerifier([self.jwks_issuer(algorithms=("RS256", "HS256"))], self.http)
+        # An issuer whose allowlist (wrongly) names HS256 is refused by the config rules,
+        # and a verifier given one anyway accepts no HMAC token from it.
+        assert "mix HMAC (HS256)" in issuer_errors(algorithms=["RS256", "HS256"], jwks_uri=self.idp.jwks_url)[0]
+        error = await self.refused(self.verifier(self.jwks_issuer(algorithms=("RS256", "HS256"))), forged)
+        assert (error.description, error.reason) == ("algorithm not allowed", "bad_algorithm")
 
     @gen_test(timeout=5)
     async def test_asymmetric_token_for_hmac_issuer(self):

@@ -1,0 +1,241 @@
+"""The configuration schema: frozen dataclasses, their defaults, and their YAML keys.
+
+This is the one declaration of what ``routes.yaml`` may contain. Each field
+says (through ``opt()``) the YAML key it is read from (``key=None``: not a
+key) and the kind of value it takes; ``yaml_keys()`` gives the accepted keys
+of a section and ``json_schema()`` a JSON Schema, both derived from it. The
+rules in ``gateway.config.rules`` turn the YAML into these objects once, at
+start and on reload; everything downstream reads them and never the YAML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Mapping, Optional, Tuple
+
+DEFAULT_CONFIG_PATH = "routes.yaml"
+DEFAULT_LISTEN = ("127.0.0.1", 8080)
+DEFAULT_ADMIN_LISTEN = ("127.0.0.1", 9091)
+DEFAULT_COOKIE_NAME = "_gateway_session"
+DEFAULT_SESSION_LIFETIME = 8 * 3600.0
+DEFAULT_ROUTE_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_LEEWAY = 30.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_SCOPES = ("openid", "email", "profile")
+DEFAULT_GROUPS_CLAIM = "groups"
+MIN_SECRET_BYTES = 32
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+DEFAULT_IDLE_TIMEOUT = 120.0
+DEFAULT_HEADER_TIMEOUT = 30.0
+DEFAULT_BODY_TIMEOUT = 30.0
+
+AUTH_LOGIN = "login"
+AUTH_TOKEN = "token"
+AUTH_PUBLIC = "public"
+AUTH_MODES = (AUTH_LOGIN, AUTH_TOKEN, AUTH_PUBLIC)
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """Every problem found in a config file, each as ``FILE:LINE: message``."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+_SAME: Any = object()  # "the YAML key is the field name"
+
+
+def opt(
+    default: Any = MISSING, *, kind: str, key: Any = _SAME, factory: Any = MISSING, item: Any = None
+) -> Any:
+    """A field with its YAML declaration: the ``kind`` of value and the ``key`` it is read from.
+
+    ``key=None`` marks a field that is not a YAML key; ``item`` is the dataclass
+    of a nested section (a mapping, a list of mappings, or a mapping of names).
+    """
+    metadata = {"kind": kind, "key": key, "item": item}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: Tuple[str, int] = opt(DEFAULT_LISTEN, kind="hostport")
+    public_url: str = opt("http://127.0.0.1:8080", kind="url")
+    admin_listen: Optional[Tuple[str, int]] = opt(DEFAULT_ADMIN_LISTEN, kind="hostport")  # None: "off"
+    trusted_proxies: Tuple[Network, ...] = opt((), kind="strings")
+    shutdown_grace: float = opt(DEFAULT_SHUTDOWN_GRACE, kind="duration")
+    workers: int = opt(1, kind="workers")
+    max_body_size: int = opt(0, kind="size")  # bytes; 0 = unlimited (routes may set their own)
+    # request line + headers; larger is refused (431)
+    max_header_size: int = opt(DEFAULT_MAX_HEADER_SIZE, kind="size")
+    # a keep-alive connection with no request is closed
+    idle_timeout: float = opt(DEFAULT_IDLE_TIMEOUT, kind="duration")
+    # a client must send its request head within this
+    header_timeout: float = opt(DEFAULT_HEADER_TIMEOUT, kind="duration")
+    # the longest pause between request body bytes: 408 and close (a stalled body must not hold a slot)
+    body_timeout: float = opt(DEFAULT_BODY_TIMEOUT, kind="duration")
+    max_connections: int = opt(0, kind="integer")  # open client connections per process; 0 = no cap
+    # workers: a socket each (even spread) instead of one shared (survives a crash)
+    reuse_port: bool = opt(False, kind="bool")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    secret: Optional[str] = opt(None, kind="string")
+    previous_secrets: Tuple[str, ...] = opt((), kind="strings")  # still accepted to decrypt, for key rotation
+    cookie_name: str = opt(DEFAULT_COOKIE_NAME, kind="string")
+    lifetime: float = opt(DEFAULT_SESSION_LIFETIME, kind="duration")
+    store: str = opt("cookie", kind="string")  # "cookie" or "redis://HOST:PORT/DB"
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str = opt(kind="string", key=None)
+    issuer: str = opt(kind="url")
+    client_id: str = opt(kind="string")
+    client_secret: str = opt(kind="string")
+    scopes: Tuple[str, ...] = opt(DEFAULT_SCOPES, kind="strings")
+    groups_claim: str = opt(DEFAULT_GROUPS_CLAIM, kind="string")
+    display_name: str = opt("", kind="string")  # shown on the chooser page; defaults to name
+    # where the provider sends the browser after its sign-out (register it there); default <public_url>/
+    post_logout_redirect_uri: str = opt("", kind="url")
+    # trust emails the provider marks email_verified: false (default: such an email is no identity)
+    allow_unverified_email: bool = opt(False, kind="bool")
+
+
+@dataclass(frozen=True)
+class TokenIssuerConfig:
+    """One accepted issuer of bearer tokens.
+
+    Exactly one key source is used: ``secret`` (HMAC), ``public_key`` (PEM),
+    ``jwks_uri``, or, when none is given, the issuer's discovery document.
+    """
+
+    issuer: str = opt(kind="string")
+    algorithms: Tuple[str, ...] = opt(kind="strings")
+    audience: Optional[Tuple[str, ...]] = opt(None, kind="strings")  # None means "any"
+    secret: Optional[str] = opt(None, kind="string")
+    public_key: Optional[str] = opt(None, kind="string")
+    jwks_uri: Optional[str] = opt(None, kind="url")
+    leeway: float = opt(DEFAULT_LEEWAY, kind="duration")
+    groups_claim: str = opt(DEFAULT_GROUPS_CLAIM, kind="string")
+    email_claim: str = opt("email", kind="string")
+    username_claim: str = opt("preferred_username", kind="string")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One ``allow`` entry: every condition that is set must hold.
+
+    Each condition is a frozenset of accepted values (any one matches), or
+    None when the rule does not constrain it.
+    """
+
+    sub: Optional[frozenset] = opt(None, kind="strings")
+    email: Optional[frozenset] = opt(None, kind="strings")  # compared case-insensitively (stored lower-case)
+    email_domain: Optional[frozenset] = opt(None, kind="strings")  # lower-case, no leading "@"
+    group: Optional[frozenset] = opt(None, kind="strings")
+    claim: Tuple[Tuple[str, frozenset], ...] = opt((), kind="claims")
+    method: Optional[frozenset] = opt(None, kind="strings")  # upper-case
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str = opt(kind="string")
+    path: str = opt(kind="string")
+    upstreams: Tuple[str, ...] = opt(kind="strings", key="upstream")
+    auth: str = opt(AUTH_TOKEN, kind="auth")
+    host: Optional[str] = opt(None, kind="string")  # exact, or "*.example.com"; lower-case
+    # login providers accepted; filled with all by the rules
+    providers: Tuple[str, ...] = opt((), kind="strings")
+    allow: Tuple[Rule, ...] = opt((), kind="list", item=Rule)  # empty: every authenticated identity
+    strip_prefix: bool = opt(False, kind="bool")
+    preserve_host: bool = opt(False, kind="bool")
+    timeout: float = opt(DEFAULT_ROUTE_TIMEOUT, kind="duration")
+    connect_timeout: float = opt(DEFAULT_CONNECT_TIMEOUT, kind="duration")
+    methods: Optional[frozenset] = opt(None, kind="strings")  # upper-case; None: every method
+    websocket: bool = opt(True, kind="bool")
+    max_body_size: Optional[int] = opt(None, kind="size")  # bytes; None: the server's default
+    line: int = opt(0, kind="integer", key=None)  # where the route starts in the file, for messages
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = opt(kind="section", factory=ServerConfig, item=ServerConfig)
+    session: SessionConfig = opt(kind="section", factory=SessionConfig, item=SessionConfig)
+    providers: Mapping[str, ProviderConfig] = opt(kind="named", factory=dict, item=ProviderConfig)
+    tokens: Tuple[TokenIssuerConfig, ...] = opt((), kind="list", item=TokenIssuerConfig)
+    routes: Tuple[RouteConfig, ...] = opt((), kind="list", item=RouteConfig)
+    source: str = opt(DEFAULT_CONFIG_PATH, kind="string", key=None)  # the file it was read from
+
+
+# The JSON Schema of each kind of value, as the YAML may write it.
+_STRINGS = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+_JSON_KINDS: dict[str, dict] = {
+    "string": {"type": "string"},
+    "url": {"type": "string", "format": "uri"},
+    "bool": {"type": "boolean"},
+    "integer": {"type": "integer", "minimum": 0},
+    "workers": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]},
+    "duration": {"type": ["number", "string"]},
+    "size": {"type": ["integer", "string"]},
+    "hostport": {"type": "string"},
+    "auth": {"enum": list(AUTH_MODES)},
+    "strings": _STRINGS,
+    "claims": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "array"]}},
+}
+
+
+def yaml_keys(section: type) -> Tuple[str, ...]:
+    """The keys a section's mapping accepts, in declaration order, derived from its fields."""
+    keys = []
+    for f in fields(section):
+        key = f.metadata.get("key", _SAME)
+        if key is not None:
+            keys.append(f.name if key is _SAME else key)
+    return tuple(keys)
+
+
+def json_schema(section: Optional[type] = None) -> dict:
+    """A JSON Schema (draft 2020-12) of ``section`` (default: the whole file), from the declaration."""
+    if section is None:
+        whole = {"$schema": "https://json-schema.org/draft/2020-12/schema", **json_schema(Config)}
+        whole["patternProperties"] = {"^x-": {}}  # room for YAML anchors
+        whole["required"] = ["routes"]
+        return whole
+    properties: dict[str, Any] = {}
+    required = []
+    for f in fields(section):
+        key = f.metadata.get("key", _SAME)
+        if key is None:
+            continue
+        key = f.name if key is _SAME else key
+        kind: str = f.metadata["kind"]
+        item: Any = f.metadata.get("item")
+        if kind == "section":
+            properties[key] = json_schema(item)
+        elif kind == "named":
+            properties[key] = {"type": "object", "additionalProperties": json_schema(item)}
+        elif kind == "list":
+            properties[key] = {"type": "array", "items": json_schema(item)}
+        else:
+            properties[key] = dict(_JSON_KINDS[kind])
+        if f.default is MISSING and f.default_factory is MISSING:
+            required.append(key)
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = required
+    return schema
