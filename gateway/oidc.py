@@ -594,7 +594,7 @@ class OIDCClient:
         email_source = id_claims if claims.string(id_claims.get("email")) else info
         email = claims.string(email_source.get("email"))
         verified = claims.email_verified(email_source.get("email_verified"))
-        if email is not None and verified is False:
+        if email is not None and verified is False and not self.config.allow_unverified_email:
             log.info("provider %s: ignoring the unverified email of %s", self.name, sub)
             email = None
         groups_value = claims.claim(id_claims, groups_claim)

@@ -444,6 +444,22 @@ async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:
     return Empty(200, headers=tuple(out), cookies=result.cookies)
 
 
+def websocket_origin_allowed(acc: Accepted, route: RouteConfig, runtime: "Runtime", origin: Optional[str]) -> bool:
+    """May a page from ``origin`` open a WebSocket in the name of this request's session?
+
+    Only the gateway's own origin (this request's scheme and host, or ``public_url``'s)
+    and the route's ``websocket_origins``: a sibling subdomain's page must not open
+    sockets with the user's cookie (cross-site WebSocket hijacking). A browser always
+    sends Origin; a request without one is not a browser's.
+    """
+    if not origin:
+        return True
+    origin = origin.lower()
+    own = f"{acc.forwarded.proto}://{acc.forwarded.host}".lower()
+    public = runtime.config.server.public_url.rstrip("/").lower()
+    return origin in (own, public) or origin in route.websocket_origins
+
+
 # -- 6. after the exchange, and 7. record ------------------------------------------------
 
 

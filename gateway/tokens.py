@@ -450,9 +450,13 @@ class TokenVerifier:
         if not isinstance(sub, str) or not sub:
             raise _error("token has no sub", "malformed")
         cfg = issuer.config
+        email = claims.string(claims.claim(payload, cfg.email_claim))
+        if email is not None and claims.email_verified(payload.get("email_verified")) is False \
+                and not cfg.allow_unverified_email:
+            email = None  # an unverified email is no identity: not forwarded, matched by no email rule
         return Identity(
             sub=sub,
-            email=claims.string(claims.claim(payload, cfg.email_claim)),
+            email=email,
             groups=claims.groups(claims.claim(payload, cfg.groups_claim)),
             preferred_username=claims.string(claims.claim(payload, cfg.username_claim)),
             issuer=issuer.name,

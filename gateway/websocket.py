@@ -91,8 +91,16 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
         return None
 
     def check_origin(self, origin: str) -> bool:
-        # Authentication already happened; the upstream gets Origin and may decide itself.
-        return True
+        """A session's sockets only from the gateway's own pages (or websocket_origins); bearer and
+        public upgrades are the upstream's to judge (it gets Origin)."""
+        if self.identity is None or self.identity.source != "session":
+            return True
+        allowed = pipeline.websocket_origin_allowed(self.accepted, self.admitted.route, self.runtime, origin)
+        if not allowed:
+            self.scope.reason = "websocket origin not allowed for a session"
+            log.warning("websocket from origin %s refused on route %s: not the gateway's own",
+                        origin[:100], self.admitted.route.name)
+        return allowed
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)

@@ -357,6 +357,13 @@ class CodeFlowTest(DevProviderTestCase):
         self.assertEqual((user.email, user.groups), (None, ("x", "y")))
 
     @gen_test(timeout=5)
+    async def test_allow_unverified_email_opts_out_per_provider(self):
+        claims = {"iss": self.issuer, "sub": "u-1", "email": "x@example.com", "email_verified": False, "groups": []}
+        self.assertIsNone((await self.make_client().user_claims(dict(claims), None)).email)
+        lenient = self.make_client(allow_unverified_email=True)
+        self.assertEqual((await lenient.user_claims(dict(claims), None)).email, "x@example.com")
+
+    @gen_test(timeout=5)
     async def test_end_session_url(self):
         url = await self.client.end_session_url(id_token_hint="the.id.token", post_logout_redirect_uri=AFTER_LOGOUT,
                                                 state="st-9")

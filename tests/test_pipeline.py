@@ -44,6 +44,12 @@ routes:
     max_body_size: 1KB
     allow:
       - sub: alice
+  - name: corp
+    path: /corp
+    upstream: http://127.0.0.1:9000
+    auth: token
+    allow:
+      - email_domain: example.com
   - name: ro
     path: /ro
     upstream: http://127.0.0.1:9000
@@ -250,6 +256,28 @@ def test_websocket_on_a_route_that_disables_it_is_403(runtime):
     assert isinstance(run(pipeline.admit(acc, runtime, websocket=True)), Admitted)  # allowed by default
 
 
+@pytest.mark.parametrize("verified,admitted", [(True, True), ("true", True), (None, True), (False, False),
+                                               ("false", False), ("FALSE", False)])
+def test_unverified_email_in_a_bearer_token_is_no_identity(runtime, verified, admitted):
+    extra = {"email": "eve@example.com"}
+    if verified is not None:
+        extra["email_verified"] = verified
+    acc, out = decide(runtime, head("/corp/x", Authorization="Bearer " + token("eve", **extra)))
+    assert isinstance(out, Admitted) is admitted, out
+    if admitted:
+        assert ("X-Forwarded-Email", "eve@example.com") in out.plan.headers
+    else:
+        assert out.status == 403
+
+
+def test_issuer_may_allow_unverified_email():
+    config = CONFIG.replace("    audience: any\n", "    audience: any\n    allow_unverified_email: true\n", 1)
+    rt = Runtime(loads(config, env={}), SimpleAsyncHTTPClient(force_instance=True))
+    _, out = decide(rt, head("/corp/x", Authorization="Bearer " + token("eve", email="eve@example.com",
+                                                                        email_verified=False)))
+    assert isinstance(out, Admitted) and out.identity.email == "eve@example.com"
+
+
 # -- forward-auth --------------------------------------------------------------------
 
 
@@ -301,3 +329,23 @@ def test_shutdown_answer_says_when_to_retry_and_closes():
 @settings(max_examples=200, deadline=None)
 def test_cookie_headers_never_raise(values):
     assert isinstance(pipeline.parse_cookies(values), dict)
+
+
+def test_websocket_origins_of_a_session():
+    config = CONFIG.replace("    websocket: false\n", "    websocket_origins: [https://App.example.com]\n", 1)
+    rt = Runtime(loads(config, env={}), SimpleAsyncHTTPClient(force_instance=True))
+    acc = pipeline.accept(head("/ro/x", host="gw.test"), rt)
+    r = pipeline.route(acc, rt).route
+    assert r.websocket_origins == ("https://app.example.com",)
+    allowed = lambda origin: pipeline.websocket_origin_allowed(acc, r, rt, origin)  # noqa: E731
+    assert allowed("http://gw.test") and allowed("https://app.example.com") and allowed(None)
+    assert not allowed("https://evil.example") and not allowed("http://gw.test.evil.example")
+
+
+@pytest.mark.parametrize("value", ["[https://a.example/path]", "[a.example]", "[ftp://a.example]", "https://x"])
+def test_websocket_origins_must_be_origins(value):
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        loads(CONFIG.replace("    websocket: false\n", f"    websocket_origins: {value}\n", 1), env={})
+    assert "websocket_origins" in caught.value.errors[0]

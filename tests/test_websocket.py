@@ -332,6 +332,38 @@ def test_websocket_disabled_route_is_403(env: Env) -> None:
     assert env.upstream.conn(c) == {}
 
 
+def session_cookie(sub: str = "sam") -> str:
+    """A valid cookie-store session for the /app login route, sealed with the test's own secret."""
+    from gateway.config import SessionConfig
+    from gateway.sessions import CookieSessionStore, Session
+
+    now = time.time()
+    session = Session(id=cid(), provider="corp", sub=sub, email=f"{sub}@example.com", groups=(),
+                      preferred_username=sub, claims={}, id_token=None, access_token=None, refresh_token=None,
+                      access_expires_at=None, access_issued_at=now, created_at=now, expires_at=now + 600)
+    update = run(CookieSessionStore(SessionConfig(secret=SESSION_SECRET)).save(session, {}))
+    return "; ".join(f"{name}={value}" for name, value in update.set)
+
+
+@pytest.mark.parametrize("origin,status", [
+    (None, 101),  # not a browser: nothing to hijack
+    ("{own}", 101),
+    ("https://evil.example", 403),
+    ("http://sub.127.0.0.1.nip.io", 403),
+    ("null", 403),
+])
+def test_session_websocket_only_from_the_gateways_own_origin(env: Env, origin: Optional[str], status: int) -> None:
+    headers = {"Cookie": session_cookie()}
+    if origin is not None:
+        headers["Origin"] = origin.format(own=env.gw.url)
+    assert handshake_status(env.gw.url, "/app/echo", headers) == status
+
+
+def test_bearer_websocket_is_not_limited_by_origin(env: Env) -> None:
+    headers = {**bearer(token("alice")), "Origin": "https://other.example"}
+    assert handshake_status(env.gw.url, "/ws/echo", headers) == 101
+
+
 def test_upstream_down_is_502(env: Env) -> None:
     assert handshake_status(env.gw.url, "/down/echo") == 502
 

@@ -134,6 +134,8 @@ class TokenIssuerConfig:
     groups_claim: str = opt(DEFAULT_GROUPS_CLAIM, kind="string")
     email_claim: str = opt("email", kind="string")
     username_claim: str = opt("preferred_username", kind="string")
+    # trust an email whose email_verified is false (default: such an email is no identity)
+    allow_unverified_email: bool = opt(False, kind="bool")
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,8 @@ class RouteConfig:
     connect_timeout: float = opt(DEFAULT_CONNECT_TIMEOUT, kind="duration")
     methods: Optional[frozenset] = opt(None, kind="strings")  # upper-case; None: every method
     websocket: bool = opt(True, kind="bool")
+    # origins (scheme://host[:port]) besides the gateway's own whose pages may open session WebSockets
+    websocket_origins: Tuple[str, ...] = opt((), kind="strings")
     max_body_size: Optional[int] = opt(None, kind="size")  # bytes; None: the server's default
     line: int = opt(0, kind="integer", key=None)  # where the route starts in the file, for messages
 

@@ -151,10 +151,29 @@ def route_entry(src: Source, index: int, node: Node, providers: Any, names: dict
         values["methods"] = methods if methods is BAD else frozenset(methods)
     if (n := value("max_body_size")) is not None:
         values["max_body_size"] = src.get_size(n, f"{where}: max_body_size")
+    if (n := value("websocket_origins")) is not None:
+        values["websocket_origins"] = websocket_origins(src, n, f"{where}: websocket_origins")
 
     if any(v is BAD for v in values.values()):
         return BAD
     return RouteConfig(**values)
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
+
+
+def websocket_origins(src: Source, node: Node, label: str) -> Any:
+    """Origins as browsers send them: scheme://host[:port], no path, lower-cased."""
+    items = src.get_str_list(node, label, "[https://app.example.com]", nonempty=False)
+    if items is BAD:
+        return BAD
+    out = []
+    for text, item in items:
+        if not _ORIGIN.fullmatch(text):
+            src.error(item, f'{label}: "{text}" is not an origin like https://app.example.com (no path)')
+            return BAD
+        out.append(text.lower())
+    return tuple(out)
 
 
 def route_host(src: Source, node: Node, where: str) -> Any:

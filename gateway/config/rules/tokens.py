@@ -118,6 +118,9 @@ def token_entry(src: Source, index: int, node: Node, seen: dict[str, Node]) -> A
     for key in ("groups_claim", "email_claim", "username_claim"):
         if key in items:
             values[key] = src.get_str(items[key][1], f"{where}: {key}")
+    if "allow_unverified_email" in items:
+        values["allow_unverified_email"] = src.get_bool(items["allow_unverified_email"][1],
+                                                        f"{where}: allow_unverified_email")
 
     if len(key_sources) > 1:
         src.error(
