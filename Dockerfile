@@ -14,7 +14,7 @@ FROM python:3.11-slim-bookworm
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --home-dir /etc/gateway --shell /usr/sbin/nologin gateway
 COPY --from=build /install /usr/local
-COPY routes.yaml /etc/gateway/routes.yaml
+COPY deploy/image-routes.yaml /etc/gateway/routes.yaml
 WORKDIR /etc/gateway
 ENV GATEWAY_CONFIG=/etc/gateway/routes.yaml \
     PYTHONUNBUFFERED=1

@@ -29,7 +29,7 @@ from gateway.config import (
 
 BASE = {
     "server": {"listen": "127.0.0.1:8080"},
-    "session": {"secret": "s" * 32},
+    "session": {"secret": "q7Rk2-vXw9pL4mZt8nB3cYs6hJ1dGf5a"},
     "providers": {"corp": {"issuer": "https://idp.example.com", "client_id": "c", "client_secret": "x"}},
     "tokens": [{"issuer": "https://idp.example.com", "audience": "any", "algorithms": ["RS256"]}],
     "routes": [

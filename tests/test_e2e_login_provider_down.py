@@ -32,7 +32,7 @@ def discovery(issuer: str) -> str:
 def config(issuer: str, upstream: str) -> str:
     return f"""
 session:
-  secret: {"s" * 40}
+  secret: "Zp4-wQ8rT2mY6vK0xN3bH7cJ9dL5fS1gA"
 providers:
   corp:
     issuer: {issuer}

@@ -713,7 +713,7 @@ CONTRACT_ENV = {
     "GATEWAY_SESSION_SECRET": SECRET,
     "OIDC_CLIENT_SECRET": "oidc-secret",
     "PARTNER_SECRET": "partner-secret",
-    "CI_JWT_SECRET": "c" * 40,
+    "CI_JWT_SECRET": "k3Jv9QeT1zWm7YbX5pLs2dHn8fGc4aRu0oEi",
 }
 
 
@@ -751,7 +751,7 @@ def test_contract_example_parses():
             TokenIssuerConfig(
                 issuer="https://idp.example.com", algorithms=("RS256", "ES256"), audience=("api",)
             ),
-            TokenIssuerConfig(issuer="ci-runner", algorithms=("HS256",), audience=None, secret="c" * 40),
+            TokenIssuerConfig(issuer="ci-runner", algorithms=("HS256",), audience=None, secret=CONTRACT_ENV["CI_JWT_SECRET"]),
         ),
         routes=(
             RouteConfig(
@@ -1203,7 +1203,7 @@ def test_load_rejects_invalid_utf8(tmp_path):
 
 
 def test_shipped_routes_yaml_loads():
-    cfg = load(str(ROOT / "routes.yaml"), env={"GATEWAY_SESSION_SECRET": SECRET})
+    cfg = load(str(ROOT / "routes.yaml"), env={"GATEWAY_SESSION_SECRET": SECRET, "CI_JWT_SECRET": SECRET[::-1]})
     assert cfg.server.listen == ("127.0.0.1", 8080)
     assert cfg.server.admin_listen == ("127.0.0.1", 9091)
     assert cfg.providers == {}
@@ -1216,10 +1216,13 @@ def test_shipped_routes_yaml_loads():
 
 
 def test_shipped_routes_yaml_needs_the_session_secret():
+    """No secret has a default in what we ship: both must come from the environment."""
     with pytest.raises(ConfigError) as info:
         load(str(ROOT / "routes.yaml"), env={})
-    assert len(info.value.errors) == 1
+    assert len(info.value.errors) == 2
     assert info.value.errors[0].endswith("environment variable GATEWAY_SESSION_SECRET is not set")
+    assert info.value.errors[1].endswith("environment variable CI_JWT_SECRET is not set")
+    assert ":-" not in (ROOT / "routes.yaml").read_text().split("secret:", 1)[1].split("\n")[0]
 
 
 # --------------------------------------------------------------------------- value parsers

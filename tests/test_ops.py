@@ -95,12 +95,29 @@ def check_dockerfile_properties() -> None:
     assert len(health) == 1 and "/ping" in health[0], health
     # ... on the admin port of the config the image ships
     port = re.search(r"127\.0\.0\.1:(\d+)/ping", health[0]).group(1)
-    image_config = yaml.safe_load(read("routes.yaml"))
-    assert image_config["server"]["admin_listen"].rsplit(":", 1)[1] == port
+    copied = [args.split() for word, args in steps if word == "COPY" and "/etc/gateway/routes.yaml" in args]
+    assert copied and copied[0][0] == "deploy/image-routes.yaml", copied
+    image_config = yaml.safe_load(read("deploy/image-routes.yaml"))
+    assert image_config["server"]["admin_listen"] == f"0.0.0.0:{port}"  # reachable by the orchestrator's probes
+
 
     entry = [args for word, args in steps if word == "ENTRYPOINT"]
     assert len(entry) == 1
     assert json.loads(entry[0]) == ["gateway", "serve"]
+
+
+def test_image_config_passes_gateway_check_and_has_no_secret_default(tmp_path):
+    path = os.path.join(ROOT, "deploy", "image-routes.yaml")
+    env = dict(os.environ, PYTHONPATH=ROOT, GATEWAY_SESSION_SECRET="vW3x-Qk9Tz2Lm7Yb5Pr8Hn4Ds6Gc1Fa0Ej")
+    ok = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", path], capture_output=True, text=True,
+                        env=env, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    env.pop("GATEWAY_SESSION_SECRET")
+    missing = subprocess.run([sys.executable, "-m", "gateway", "check", "-c", path], capture_output=True, text=True,
+                             env=env, timeout=30)
+    assert missing.returncode == 1 and "GATEWAY_SESSION_SECRET is not set" in missing.stderr
+    config = loads(read("deploy/image-routes.yaml"), env={"GATEWAY_SESSION_SECRET": "vW3x-Qk9Tz2Lm7Yb5Pr8Hn4Ds6Gc1Fa0Ej"})
+    assert config.server.admin_listen == ("0.0.0.0", 9091) and config.server.listen == ("0.0.0.0", 8080)
 
 
 # --------------------------------------------------------------------------- deploy/
@@ -169,6 +186,14 @@ def test_k8s_configmap_routes_pass_the_gateway_loader_with_the_secret_env():
     (secret,) = by_kind("Secret")
     env = dict(secret["stringData"])
     assert "GATEWAY_SESSION_SECRET" in env
+    from gateway.config import ConfigError
+
+    # the manifest's placeholder is refused: nobody can deploy it unchanged
+    with pytest.raises(ConfigError) as placeholder:
+        loads(configmap_routes(), source="configmap:routes.yaml", env=env)
+    assert "session: secret is a well-known placeholder" in str(placeholder.value)
+    assert "openssl rand" in str(placeholder.value)
+    env["GATEWAY_SESSION_SECRET"] = "vW3x-Qk9Tz2Lm7Yb5Pr8Hn4Ds6Gc1Fa0Ej"  # what `openssl rand` would give
     config = loads(configmap_routes(), source="configmap:routes.yaml", env=env)
     server = config.server
     assert server.listen == ("0.0.0.0", 8080)
@@ -177,8 +202,6 @@ def test_k8s_configmap_routes_pass_the_gateway_loader_with_the_secret_env():
     assert config.session.secret == env["GATEWAY_SESSION_SECRET"]
     assert config.routes
     # and not because of luck: without the Secret's variables it is a config error naming them
-    from gateway.config import ConfigError
-
     with pytest.raises(ConfigError) as err:
         loads(configmap_routes(), source="configmap:routes.yaml", env={})
     assert "GATEWAY_SESSION_SECRET" in str(err.value)
@@ -234,7 +257,7 @@ def test_k8s_gateway_deployment_is_replicated_hardened_and_probed_on_the_admin_p
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
     # the pod may take longer to stop than the gateway's own shutdown grace
-    grace = loads(configmap_routes(), env=gateway_env("x" * 32, OIDC_CLIENT_SECRET="y")).server.shutdown_grace
+    grace = loads(configmap_routes(), env=gateway_env("vW3x-Qk9Tz2Lm7Yb5Pr8Hn4Ds6Gc1Fa0Ej", OIDC_CLIENT_SECRET="y")).server.shutdown_grace
     assert pod.get("terminationGracePeriodSeconds", 30) > grace
 
 

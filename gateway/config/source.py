@@ -522,6 +522,13 @@ class Source:
                 "(generate one with: openssl rand -base64 32)",
             )
             return False
+        if is_placeholder(secret):
+            self.error(
+                node,
+                f"{label} is a well-known placeholder, not a secret "
+                "(generate one with: openssl rand -base64 32)",
+            )
+            return False
         return True
 
     def messages(self) -> list[str]:
@@ -533,3 +540,31 @@ class Source:
             if formatted not in messages:
                 messages.append(formatted)
         return messages
+
+
+# Words that make a value a placeholder anyone can guess, whatever surrounds them.
+_PLACEHOLDER_WORDS = ("changeme", "placeholder", "replaceme", "yoursecret", "secrethere", "notasecret",
+                      "examplesecret", "insecure")
+_FILLER_WORDS = ("secret", "password", "passwd", "example", "test", "key", "token", "default", "gateway",
+                 "session", "change", "me", "admin", "jwt", "hmac", "demo", "value", "string", "the", "my", "a")
+
+
+def is_placeholder(secret: str) -> bool:
+    """A value shipped in examples or typed as a stand-in: ``change-me``, ``secretsecret...``,
+    ``xxxxxxxx...``, ``abcabcabc...``; such a "secret" protects nothing."""
+    squashed = "".join(ch for ch in secret.lower() if ch.isalnum())
+    if any(word in squashed for word in _PLACEHOLDER_WORDS):
+        return True
+    for period in range(1, 9):  # one character or a short pattern, repeated
+        unit = squashed[:period]
+        if len(squashed) >= 2 * period and squashed == (unit * (len(squashed) // period + 1))[: len(squashed)]:
+            return True
+    rest = squashed
+    while rest:  # nothing but filler words ("secretpasswordsecret...")
+        for word in _FILLER_WORDS:
+            if rest.startswith(word):
+                rest = rest[len(word):]
+                break
+        else:
+            return False
+    return True
