@@ -64,5 +64,8 @@ def cmd_check(path: str) -> int:
             print(line, file=sys.stderr)
         print(f"{path}: {len(exc.errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"{path}: OK ({len(config.routes)} routes, {len(config.providers)} providers, {len(config.tokens)} token issuers)")
+    for warning in config.warnings:
+        print(warning, file=sys.stderr)
+    print(f"{path}: OK ({len(config.routes)} routes, {len(config.providers)} providers, {len(config.tokens)} token issuers)"
+          + (f", {len(config.warnings)} warning(s)" if config.warnings else ""))
     return 0

@@ -43,6 +43,8 @@ def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] =
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        log.warning("%s", warning)
     server = config.server
     try:
         sockets = bind(server.listen, reuse_port=server.workers > 1 and server.reuse_port)

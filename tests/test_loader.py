@@ -638,9 +638,30 @@ BAD_CONFIGS = [
             path: /
            upstream: http://h
         """,
-        ["routes.yaml:4: invalid YAML: expected <block end>, but found '<block mapping start>' "
-         "(while parsing a block collection at line 2)"],
+        ["routes.yaml:4: invalid YAML: this line is indented differently from the lines above it: keys of one "
+         "mapping, and the items of one list, must start in the same column (the block starts at line 2)"],
         id="yaml-bad-indent",
+    ),
+    pytest.param(
+        """\
+        routes:
+          - name: app
+            path: /
+          upstream: http://h
+        """,
+        ["routes.yaml:4: invalid YAML: this line is indented differently from the lines above it: keys of one "
+         "mapping, and the items of one list, must start in the same column (the block starts at line 2)"],
+        id="yaml-key-outdented-into-the-list",
+    ),
+    pytest.param(
+        """\
+        server:
+          listen: 127.0.0.1:8080
+            admin_listen: "off"
+        """,
+        ["routes.yaml:3: invalid YAML: this line is indented deeper than the key above it, or a value contains "
+         "': ' (indent it like its neighbours, or quote the value)"],
+        id="yaml-key-indented-deeper",
     ),
 ]
 

@@ -62,3 +62,60 @@ def test_busy_override_names_the_flag(tmp_path, busy_port):
     result = serve(tmp_path, free_port(), free_port(), "--listen", f"127.0.0.1:{busy_port}")
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{busy_port} (--listen)" in result.stderr
+
+
+def check(tmp_path, text: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "routes.yaml"
+    path.write_text(text)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "gateway", "check", "-c", str(path)],
+                          capture_output=True, text=True, timeout=30, env=env)
+
+
+def test_check_warns_of_setups_that_cannot_work_but_passes(tmp_path):
+    result = check(tmp_path, """\
+server:
+  listen: 0.0.0.0:8080
+session:
+  secret: q7Rk2-vXw9pL4mZt8nB3cYs6hJ1dGf5a
+providers:
+  corp:
+    issuer: https://idp.example
+    client_id: gateway
+    client_secret: s3cr3t-client
+routes:
+  - name: api
+    path: /api
+    upstream: http://127.0.0.1:9000
+    auth: token
+  - name: app
+    path: /
+    upstream: http://127.0.0.1:9000
+""")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "routes.yaml"
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{path}:5: warning: browser login while listening on 0.0.0.0 without server.public_url")
+    assert lines[1] == (f'{path}:11: warning: route "api" has auth: token but no tokens: issuer is configured, '
+                        "so every request to it gets 401")
+    assert "2 warning(s)" in result.stdout
+
+
+def test_check_has_no_warning_for_a_sound_setup(tmp_path):
+    result = check(tmp_path, """\
+server:
+  listen: 0.0.0.0:8080
+  public_url: https://gw.example.com
+session:
+  secret: q7Rk2-vXw9pL4mZt8nB3cYs6hJ1dGf5a
+providers:
+  corp:
+    issuer: https://idp.example
+    client_id: gateway
+    client_secret: s3cr3t-client
+routes:
+  - name: app
+    path: /
+    upstream: http://127.0.0.1:9000
+""")
+    assert result.returncode == 0 and result.stderr == "" and "warning(s)" not in result.stdout

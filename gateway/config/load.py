@@ -24,17 +24,18 @@ anchors (``x-defaults: &defaults ...``) merged into routes with ``<<: *defaults`
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Mapping, Optional, Tuple
 
-from yaml.nodes import Node
+from yaml.nodes import MappingNode, Node
 
 from .rules import providers as providers_rules
 from .rules import routes as routes_rules
 from .rules import server as server_rules
 from .rules import session as session_rules
 from .rules import tokens as tokens_rules
-from .schema import Config, ConfigError, yaml_keys
-from .source import BAD, WHERE, Source, compose, hint, q
+from .schema import AUTH_TOKEN, Config, ConfigError, ServerConfig, yaml_keys
+from .source import BAD, WHERE, Source, compose, hint, line_of, q
 
 __all__ = ["load", "loads"]
 
@@ -110,7 +111,7 @@ def _config(src: Source, root: Optional[Node]) -> Config:
     session = session_rules.session(src, section("session"), providers, items.get("providers"))
     tokens = tokens_rules.tokens(src, section("tokens"))
     routes = routes_rules.routes(src, items.get("routes"), root, providers)
-    return Config(
+    config = Config(
         server=server,
         session=session,
         providers=providers if providers is not BAD else {},
@@ -118,3 +119,31 @@ def _config(src: Source, root: Optional[Node]) -> Config:
         routes=routes,
         source=src.source,
     )
+    return replace(config, warnings=tuple(_warnings(src, config, items)))
+
+
+def _warnings(src: Source, config: Config, items: dict) -> list[str]:
+    """What loads but cannot work as it was probably meant: told, not refused."""
+    found: list[Tuple[int, str]] = []
+
+    def warn(line: int, message: str) -> None:
+        found.append((line, f"{src.source}:{line}: warning: {message}"))
+
+    if isinstance(config.routes, tuple) and isinstance(config.tokens, tuple) and not config.tokens:
+        for route in config.routes:
+            if route.auth == AUTH_TOKEN:
+                warn(route.line, f'route "{route.name}" has auth: token but no tokens: issuer is configured, '
+                                 "so every request to it gets 401")
+    server = config.server
+    server_pair = items.get("server")
+    explicit_public_url = False
+    if server_pair is not None and not src.is_null_node(server_pair[1]):
+        keys, _ = src.mapping(server_pair[1]) if isinstance(server_pair[1], MappingNode) else ({}, [])
+        explicit_public_url = "public_url" in keys
+    if (config.providers and not explicit_public_url and isinstance(server, ServerConfig)
+            and server.listen[0] in ("0.0.0.0", "::", "")):
+        line = line_of(items["providers"][0]) if "providers" in items else 1
+        warn(line, f"browser login while listening on {server.listen[0]} without server.public_url: the "
+                   f"redirect URI becomes {server.public_url}/oauth2/callback, which browsers elsewhere cannot "
+                   "reach; set server.public_url to the address people use")
+    return [text for _, text in sorted(found, key=lambda item: item[0])]

@@ -184,6 +184,8 @@ class Config:
     tokens: Tuple[TokenIssuerConfig, ...] = opt((), kind="list", item=TokenIssuerConfig)
     routes: Tuple[RouteConfig, ...] = opt((), kind="list", item=RouteConfig)
     source: str = opt(DEFAULT_CONFIG_PATH, kind="string", key=None)  # the file it was read from
+    # setups that load but cannot work as probably meant, as "FILE:LINE: warning: ..." (gateway check prints them)
+    warnings: Tuple[str, ...] = opt((), kind="strings", key=None)
 
 
 # The JSON Schema of each kind of value, as the YAML may write it.

@@ -224,6 +224,9 @@ def compose(source: str, text: str) -> Optional[Node]:
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or exc.context or "syntax error"
         detail = ""
+        human = _indentation_problem(exc)
+        if human is not None:
+            raise ConfigError([f"{source}:{line}: invalid YAML: {human}"]) from None
         if exc.problem and exc.context and exc.problem.startswith("but "):
             problem = f"{exc.context} {exc.problem}"  # "expected a single document ... but found another"
         elif exc.problem and exc.context:
@@ -239,6 +242,20 @@ def compose(source: str, text: str) -> Optional[Node]:
         raise ConfigError([f"{source}:{line}: invalid YAML: {reason}"]) from None
     except RecursionError:
         raise ConfigError([f"{source}:1: invalid YAML: nested too deeply"]) from None
+
+
+def _indentation_problem(exc: yaml.MarkedYAMLError) -> Optional[str]:
+    """PyYAML's parser words for the usual mistake (a line indented differently from its
+    neighbours) as what the person did wrong; None for other errors."""
+    problem = exc.problem or ""
+    start = f" (the block starts at line {exc.context_mark.line + 1})" if exc.context_mark else ""
+    if problem.startswith("expected <block end>"):
+        return ("this line is indented differently from the lines above it: keys of one mapping, and the "
+                f"items of one list, must start in the same column{start}")
+    if problem == "mapping values are not allowed here":
+        return ("this line is indented deeper than the key above it, or a value contains ': ' "
+                "(indent it like its neighbours, or quote the value)")
+    return None
 
 
 # --------------------------------------------------------------------------- the source
