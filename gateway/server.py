@@ -27,7 +27,7 @@ from .app import make_app
 from .config import Config, ConfigError
 from .config import load, parse_listen
 from .runtime import Gateway, Runtime
-from .telemetry import enable_multiprocess
+from .telemetry import enable_multiprocess, use_log_format
 
 log = logging.getLogger("gateway")
 
@@ -43,6 +43,7 @@ def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] =
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    use_log_format(config.server.log_format)
     for warning in config.warnings:
         log.warning("%s", warning)
     server = config.server

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import re
 import sys
@@ -71,6 +72,32 @@ def _process_collectors(registry: CollectorRegistry) -> None:
     ProcessCollector(registry=registry)
     GCCollector(registry=registry)
     PlatformCollector(registry=registry)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """The operational log as one JSON object per line (``server.log_format: json``), for log shippers.
+
+    Messages are the gateway's own: they never carry a token, cookie or secret.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]  # the last line, no traceback
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def use_log_format(log_format: str) -> None:
+    """Switch the root logger's handlers to ``text`` or ``json`` lines."""
+    if log_format != "json":
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(JsonLogFormatter())
 
 
 class Metrics:

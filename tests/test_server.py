@@ -119,3 +119,27 @@ routes:
     upstream: http://127.0.0.1:9000
 """)
     assert result.returncode == 0 and result.stderr == "" and "warning(s)" not in result.stdout
+
+
+def test_log_format_json_makes_the_operational_log_json_lines(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(CONFIG.format(listen=0, admin=0).replace("server:\n", "server:\n  log_format: json\n", 1))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "-c", str(path)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        import json
+
+        entry = json.loads(line)
+        assert entry["level"] == "info" and entry["message"].startswith("gateway listening on http://127.0.0.1:")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_log_format_must_be_text_or_json(tmp_path):
+    result = check(tmp_path, CONFIG.format(listen=8080, admin=9091).replace("server:\n", "server:\n  log_format: xml\n", 1))
+    assert result.returncode == 1
+    assert 'server: log_format must be "text" or "json", not "xml"' in result.stderr

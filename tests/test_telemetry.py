@@ -27,3 +27,24 @@ def test_request_ids_pass_sane_client_values_only():
     for bad in ("", "a b", "x" * 129, "a\r\nb", None):
         made = request_id(bad)
         assert re.fullmatch(r"[0-9a-f]{32}", made), made
+
+
+def test_json_log_format_is_one_object_per_line():
+    import logging
+
+    from gateway.telemetry import JsonLogFormatter
+
+    record = logging.LogRecord("gateway", logging.WARNING, __file__, 1, "upstream %s for route %s", ("timeout", "api"),
+                               None)
+    entry = json.loads(JsonLogFormatter().format(record))
+    assert entry["level"] == "warning" and entry["logger"] == "gateway"
+    assert entry["message"] == "upstream timeout for route api"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    entry = json.loads(JsonLogFormatter().format(record))
+    assert entry["error"] == "ValueError: boom" and "Traceback" not in json.dumps(entry)

@@ -87,6 +87,8 @@ class ServerConfig:
     header_timeout: float = opt(DEFAULT_HEADER_TIMEOUT, kind="duration")
     # the longest pause between request body bytes: 408 and close (a stalled body must not hold a slot)
     body_timeout: float = opt(DEFAULT_BODY_TIMEOUT, kind="duration")
+    # the operational log on stderr: "text" lines, or one JSON object per line (like the access log)
+    log_format: str = opt("text", kind="string")
     max_connections: int = opt(0, kind="integer")  # open client connections per process; 0 = no cap
     # workers: a socket each (even spread) instead of one shared (survives a crash)
     reuse_port: bool = opt(False, kind="bool")

@@ -99,6 +99,13 @@ def server(src: Source, pair: Optional[Tuple[Node, Node]]) -> ServerConfig:
             seconds = src.get_duration(node, f"server: {key}", positive=True)
             if seconds is not BAD:
                 values[key] = seconds
+    if (node := value("log_format")) is not None:
+        text = src.get_str(node, "server: log_format")
+        if text is not BAD:
+            if text in ("text", "json"):
+                values["log_format"] = text
+            else:
+                src.error(node, f'server: log_format must be "text" or "json", not {q(text)}')
     if (node := value("reuse_port")) is not None:
         flag = src.get_bool(node, "server: reuse_port")
         if flag is not BAD:
