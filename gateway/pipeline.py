@@ -58,6 +58,7 @@ class HeaderMap(Protocol):
     def get_list(self, name: str) -> list: ...
     def get_all(self) -> Any: ...
     def __contains__(self, name: object) -> bool: ...
+    def __getitem__(self, name: str) -> Any: ...
 
 
 class RequestHead:
@@ -163,13 +164,19 @@ Outcome = Union[Admitted, OwnEndpoint, Answer]
 # -- 1. accept ---------------------------------------------------------------------
 
 
+def header(headers: HeaderMap, name: str) -> Optional[str]:
+    """One header's value or None: a membership test first, as most requests lack most headers
+    and a failed lookup costs an exception."""
+    return headers[name] if name in headers else None
+
+
 def accept(head: RequestHead, runtime: "Runtime") -> Accepted:
     headers = head.headers
     fwd = forwarded.resolve(
-        head.peer, head.protocol, head.host, headers.get("X-Forwarded-For"), headers.get("X-Forwarded-Proto"),
-        headers.get("X-Forwarded-Host"), runtime.config.server.trusted_proxies,
+        head.peer, head.protocol, head.host, header(headers, "X-Forwarded-For"), header(headers, "X-Forwarded-Proto"),
+        header(headers, "X-Forwarded-Host"), runtime.config.server.trusted_proxies,
     )
-    rid = request_id(headers.get("X-Request-Id"))
+    rid = request_id(header(headers, "X-Request-Id"))
     return Accepted(head, rid, fwd, RequestScope(rid, fwd.client_ip, head.method, head.host, head.path))
 
 
@@ -323,7 +330,7 @@ def admit_now(acc: Accepted, runtime: "Runtime", found: Outcome) -> Optional[Out
         return refusal
     identity: Optional[Identity] = None
     if r.auth != AUTH_PUBLIC:
-        authorization = acc.head.headers.get("Authorization")
+        authorization = header(acc.head.headers, "Authorization")
         if not authorization:
             return None
         try:
