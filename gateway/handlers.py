@@ -243,7 +243,28 @@ class AnswerHandler(GatewayHandler):
 
 @web.stream_request_body
 class OAuthHandler(GatewayHandler):
-    """Base for the gateway's own endpoints: login must be configured where it is needed."""
+    """Base for the gateway's own endpoints: login must be configured where it is needed.
+
+    They take no body: one is read and dropped as it arrives (never buffered), and
+    ``server.max_body_size`` holds for them as for every route.
+    """
+
+    _body_seen = 0
+
+    def prepare(self) -> None:
+        limit = self.runtime.config.server.max_body_size
+        length = pipeline.content_length(pipeline.header(self.request.headers, "Content-Length"))
+        if length == -1:
+            self.answer(Refusal(400, "bad content-length"))
+        elif limit and length is not None and length > limit:
+            self.answer(Refusal(413, f"body of {length} bytes over the limit of {limit}"))
+
+    def data_received(self, chunk: bytes) -> Any:
+        self._body_seen += len(chunk)
+        limit = self.runtime.config.server.max_body_size
+        if limit and self._body_seen > limit and not self._finished:  # a chunked body: stop at the limit
+            self.answer(Refusal(413, f"body over the limit of {limit} bytes", headers=(("Connection", "close"),)))
+        return None
 
     def login(self) -> Any:
         login = self.runtime.login

@@ -316,3 +316,19 @@ routes:
         for sock in held:
             sock.close()
         stop_gateway(gw)
+
+
+@pytest.mark.parametrize("path", ["/oauth2/sign_out", "/oauth2/userinfo", "/%6Fauth2/auth"])
+def test_max_body_size_holds_for_the_gateways_own_endpoints(gw, path):
+    sock = connect(gw)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 100)
+    response = read_response(sock)
+    sock.close()
+    assert status_of(response) == 413, response[:200]
+    chunked = connect(gw)
+    chunked.sendall(f"POST {path} HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                    + b"1000\r\n" + b"x" * 4096 + b"\r\n" + b"1000\r\n" + b"x" * 4096 + b"\r\n")
+    response = read_response(chunked)
+    chunked.close()
+    assert status_of(response) == 413, response[:200]
+    assert served(gw)
