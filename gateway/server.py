@@ -11,6 +11,7 @@ with 503. ``cli`` calls ``serve``; the demo runs a ``Server`` of its own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -209,6 +210,12 @@ class Server:
         self.stopping = asyncio.Event()
         self.gateway = gateway = Gateway(self.config, log_stream=sys.stdout)
         await gateway.start()
+        # Everything built so far (modules, config, route table) lives as long as the process: keep it out
+        # of the collector's generations, so a full collection walks only what requests allocate.
+        gc.freeze()
+        # Requests allocate many short-lived objects: collect the young generation every 20,000
+        # allocations rather than every 700 (a few requests), which costs CPU and tail latency.
+        gc.set_threshold(20_000, 20, 20)
         server = self.config.server
         # Tornado has one timer for "waiting for the next request head": the shorter of the two applies.
         self.http_server = CappedHTTPServer(
