@@ -21,6 +21,7 @@ Either way the answers come from ``pages.render`` and the log line from
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tornado import httputil
@@ -32,6 +33,8 @@ from .pages import is_browser, render
 from .pipeline import Accepted, Admitted, OwnEndpoint, RequestHead
 from .routing import Match
 
+log = logging.getLogger("gateway")
+
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Gateway, Runtime
 
@@ -39,6 +42,55 @@ if TYPE_CHECKING:  # pragma: no cover
 def head_of(request: httputil.HTTPServerRequest) -> RequestHead:
     return RequestHead(request.method or "GET", request.host, request.path, request.query, request.headers,
                        peer=request.remote_ip or "", protocol=request.protocol, uri=request.uri)
+
+
+class HeadWatch:
+    """Keeps ``server.idle_timeout`` and ``server.header_timeout`` apart on one connection.
+
+    Started when the connection waits for a request head: while no byte has
+    arrived the idle timeout runs; from the first byte (seen at the next check,
+    every quarter of the shorter timeout) the head has ``header_timeout`` to be
+    complete. Either way the connection is closed. One timer per waiting
+    connection; none once the head has arrived.
+    """
+
+    __slots__ = ("connection", "idle", "header", "started", "first_byte", "timer")
+
+    def __init__(self, connection: Any, idle: float, header: float):
+        loop = asyncio.get_running_loop()
+        self.connection = connection
+        self.idle, self.header = idle, header
+        self.started = loop.time()
+        self.first_byte: Optional[float] = None
+        self.timer: Optional[asyncio.TimerHandle] = loop.call_later(self._interval(), self._check)
+
+    def _interval(self) -> float:
+        return max(0.05, min(self.idle, self.header) / 4)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stream = getattr(self.connection, "stream", None)
+        if stream is None or stream.closed():
+            self.timer = None
+            return
+        if self.first_byte is None and getattr(stream, "_read_buffer_size", 0):
+            self.first_byte = now
+        if self.first_byte is None and now - self.started >= self.idle:
+            return self._close("idle_timeout")
+        if self.first_byte is not None and now - self.first_byte >= self.header:
+            return self._close("header_timeout")
+        self.timer = loop.call_later(self._interval(), self._check)
+
+    def _close(self, which: str) -> None:
+        self.timer = None
+        log.debug("closing a connection: server.%s", which)
+        self.connection.close()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class FastDelegate(httputil.HTTPMessageDelegate):
@@ -57,11 +109,14 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.server_conn = server_conn
         self.connection = request_conn
         self.fallback: Optional[httputil.HTTPMessageDelegate] = None
+        server = gateway.runtime.config.server
+        self.head_watch = HeadWatch(request_conn, server.idle_timeout, server.header_timeout)
 
     def headers_received(
         self, start_line: Union[httputil.RequestStartLine, httputil.ResponseStartLine], headers: httputil.HTTPHeaders
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
+        self.head_watch.stop()
         request = httputil.HTTPServerRequest(
             connection=self.connection, server_connection=self.server_conn, start_line=start_line, headers=headers,
         )
@@ -211,6 +266,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             self.fallback.finish()
 
     def on_connection_close(self) -> None:
+        self.head_watch.stop()
         self._stop_watching()
         if self.fallback is not None:
             self.fallback.on_connection_close()

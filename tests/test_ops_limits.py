@@ -332,3 +332,59 @@ def test_max_body_size_holds_for_the_gateways_own_endpoints(gw, path):
     chunked.close()
     assert status_of(response) == 413, response[:200]
     assert served(gw)
+
+
+# --------------------------------------------------------------------------- idle and header timeouts apart
+
+
+def _gateway_with(upstream, idle: str, header: str) -> GatewayProcess:
+    proc = GatewayProcess(f"""\
+server:
+  idle_timeout: {idle}
+  header_timeout: {header}
+routes:
+  - name: pub
+    path: /pub
+    upstream: {upstream.url}
+    auth: public
+""")
+    proc.start()
+    wait_ready(proc.admin_url)
+    return proc
+
+
+def test_a_slow_head_may_take_header_timeout_even_when_idle_timeout_is_shorter(upstream):
+    gw = _gateway_with(upstream, "1s", "4s")
+    try:
+        sock = connect(gw, timeout=10)
+        head = b"GET /pub/slow-head HTTP/1.1\r\nHost: gw\r\nX-Pad: " + b"p" * 20 + b"\r\n\r\n"
+        for byte in head[:-4]:  # about 2 s for the head: past idle_timeout, within header_timeout
+            sock.send(bytes([byte]))
+            time.sleep(2.0 / len(head))
+        sock.send(head[-4:])
+        response = read_response(sock)
+        assert status_of(response) == 200, response[:200]
+        # ... and an idle keep-alive connection still goes after idle_timeout, not header_timeout
+        seconds, _ = wait_closed(sock, 4)
+        sock.close()
+        assert 0.7 <= seconds <= 2.2, seconds
+    finally:
+        stop_gateway(gw)
+
+
+def test_an_idle_connection_may_stay_idle_timeout_even_when_header_timeout_is_shorter(upstream):
+    gw = _gateway_with(upstream, "4s", "1s")
+    try:
+        idle = connect(gw, timeout=10)
+        time.sleep(2.0)  # past header_timeout, with no byte sent: still open
+        idle.sendall(GET)
+        assert status_of(read_response(idle)) == 200
+        idle.close()
+        half = connect(gw, timeout=10)
+        half.sendall(b"GET /pub/x HTTP/1.1\r\nHost: gw\r\n")  # a head begun and never ended
+        seconds, got = wait_closed(half, 5)
+        half.close()
+        assert got == b"" or status_of(got) in (400, 408), got[:100]
+        assert 0.7 <= seconds <= 2.0, seconds
+    finally:
+        stop_gateway(gw)
