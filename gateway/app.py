@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import httputil, web
 
-from .fastpath import FastDelegate
+from .fastpath import FastDelegate, HeadWatch
 from .handlers import OWN_HANDLERS, ProxyHandler, AnswerHandler, log_request
 from .pipeline import Outcome, OwnEndpoint
 from .routing import Match
@@ -35,6 +35,7 @@ class GatewayApplication(web.Application):
     def __init__(self, gateway: Gateway, **kwargs: Any):
         super().__init__([], **kwargs)
         self.gateway = gateway
+        self.head_watch = HeadWatch(gateway)
 
     handler_for = staticmethod(handler_for)
 

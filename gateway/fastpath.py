@@ -45,52 +45,50 @@ def head_of(request: httputil.HTTPServerRequest) -> RequestHead:
 
 
 class HeadWatch:
-    """Keeps ``server.idle_timeout`` and ``server.header_timeout`` apart on one connection.
+    """Keeps ``server.idle_timeout`` and ``server.header_timeout`` apart, for every connection at once.
 
-    Started when the connection waits for a request head: while no byte has
-    arrived the idle timeout runs; from the first byte (seen at the next check,
-    every quarter of the shorter timeout) the head has ``header_timeout`` to be
-    complete. Either way the connection is closed. One timer per waiting
-    connection; none once the head has arrived.
+    A connection waiting for a request head is registered here (a set add, no
+    timer of its own: the hot path pays almost nothing). One sweep, every quarter
+    of the shorter timeout, closes those with no byte after ``idle_timeout`` and
+    those whose head, begun (first byte seen by a sweep), is not complete after
+    ``header_timeout``.
     """
 
-    __slots__ = ("connection", "idle", "header", "started", "first_byte", "timer")
+    def __init__(self, gateway: "Gateway"):
+        self.gateway = gateway
+        self.waiting: dict = {}  # delegate -> [since, first byte seen at]
+        self.timer: Optional[asyncio.TimerHandle] = None
 
-    def __init__(self, connection: Any, idle: float, header: float):
+    def add(self, delegate: "FastDelegate") -> None:
         loop = asyncio.get_running_loop()
-        self.connection = connection
-        self.idle, self.header = idle, header
-        self.started = loop.time()
-        self.first_byte: Optional[float] = None
-        self.timer: Optional[asyncio.TimerHandle] = loop.call_later(self._interval(), self._check)
+        self.waiting[delegate] = [loop.time(), None]
+        if self.timer is None:
+            self.timer = loop.call_later(self._interval(), self._sweep)
+
+    def discard(self, delegate: "FastDelegate") -> None:
+        self.waiting.pop(delegate, None)
 
     def _interval(self) -> float:
-        return max(0.05, min(self.idle, self.header) / 4)
+        server = self.gateway.runtime.config.server
+        return max(0.05, min(server.idle_timeout, server.header_timeout) / 4)
 
-    def _check(self) -> None:
+    def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        stream = getattr(self.connection, "stream", None)
-        if stream is None or stream.closed():
-            self.timer = None
-            return
-        if self.first_byte is None and getattr(stream, "_read_buffer_size", 0):
-            self.first_byte = now
-        if self.first_byte is None and now - self.started >= self.idle:
-            return self._close("idle_timeout")
-        if self.first_byte is not None and now - self.first_byte >= self.header:
-            return self._close("header_timeout")
-        self.timer = loop.call_later(self._interval(), self._check)
-
-    def _close(self, which: str) -> None:
-        self.timer = None
-        log.debug("closing a connection: server.%s", which)
-        self.connection.close()
-
-    def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        server = self.gateway.runtime.config.server
+        for delegate, times in list(self.waiting.items()):
+            stream = getattr(delegate.connection, "stream", None)
+            if stream is None or stream.closed():
+                del self.waiting[delegate]
+                continue
+            if times[1] is None and getattr(stream, "_read_buffer_size", 0):
+                times[1] = now
+            if (times[1] is None and now - times[0] >= server.idle_timeout) or (
+                    times[1] is not None and now - times[1] >= server.header_timeout):
+                del self.waiting[delegate]
+                log.debug("closing a connection: server.%s", "idle_timeout" if times[1] is None else "header_timeout")
+                delegate.connection.close()
+        self.timer = loop.call_later(self._interval(), self._sweep) if self.waiting else None
 
 
 class FastDelegate(httputil.HTTPMessageDelegate):
@@ -109,14 +107,14 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.server_conn = server_conn
         self.connection = request_conn
         self.fallback: Optional[httputil.HTTPMessageDelegate] = None
-        server = gateway.runtime.config.server
-        self.head_watch = HeadWatch(request_conn, server.idle_timeout, server.header_timeout)
+        self.head_watch = app.head_watch
+        self.head_watch.add(self)
 
     def headers_received(
         self, start_line: Union[httputil.RequestStartLine, httputil.ResponseStartLine], headers: httputil.HTTPHeaders
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
-        self.head_watch.stop()
+        self.head_watch.discard(self)
         request = httputil.HTTPServerRequest(
             connection=self.connection, server_connection=self.server_conn, start_line=start_line, headers=headers,
         )
@@ -266,7 +264,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             self.fallback.finish()
 
     def on_connection_close(self) -> None:
-        self.head_watch.stop()
+        self.head_watch.discard(self)
         self._stop_watching()
         if self.fallback is not None:
             self.fallback.on_connection_close()
