@@ -64,8 +64,10 @@ class _StreamSink:
     gone = False
     error: Optional[BaseException] = None  # what a failed write raised (not part of the protocol)
 
+    _connection: Any = None  # the HTTP/1.1 connection the answer goes out on
+
     def _stream(self) -> Any:
-        raise NotImplementedError
+        return getattr(self._connection, "stream", None)
 
     def pending(self) -> int:
         return _unsent(self._stream())
@@ -103,16 +105,13 @@ class HandlerSink(_StreamSink):
 
     def __init__(self, handler: Any):
         self.handler = handler
+        self._connection = getattr(handler.request, "connection", None)
         self.request_id = handler.request_id
         self._head = handler.request.method == "HEAD"
 
     @property
     def status(self) -> int:
         return self.handler.get_status()
-
-    def _stream(self) -> Any:
-        connection = getattr(self.handler.request, "connection", None)
-        return getattr(connection, "stream", None)
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self.started = True
@@ -151,7 +150,7 @@ class ConnectionSink(_StreamSink):
     """A response written straight to a bare ``HTTP1Connection`` (the fast path, no handler)."""
 
     def __init__(self, connection: Any, request_id: str, method: str):
-        self.connection = connection
+        self.connection = self._connection = connection
         self.request_id = request_id
         self._head = method == "HEAD"
         self.status = 200
@@ -159,9 +158,6 @@ class ConnectionSink(_StreamSink):
         self._headers = httputil.HTTPHeaders()
         self.headers_written = False
         self.finished = False
-
-    def _stream(self) -> Any:
-        return getattr(self.connection, "stream", None)
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self.started = True
