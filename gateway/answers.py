@@ -39,7 +39,6 @@ class Refusal:
     signed_in_as: str = ""
     sign_out_url: str = ""
     cookies: Cookies = ()
-    metric: Optional[str] = None  # the gateway_auth_failures reason, when this is an authentication refusal
 
 
 @dataclass(frozen=True)
