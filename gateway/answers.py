@@ -8,7 +8,7 @@ through ``pages.render``. ``reason`` is always for the log, never the client.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Tuple, Union
 
 Headers = Tuple[Tuple[str, str], ...]
@@ -78,3 +78,10 @@ class Empty:
 
 
 Answer = Union[Refusal, Redirect, Page, Json, Empty]
+
+
+def with_cookies(answer: Answer, cookies: Cookies) -> Answer:
+    """The same answer with ``cookies`` set before its own (a session refreshed on the way)."""
+    if not cookies:
+        return answer
+    return replace(answer, cookies=tuple(cookies) + tuple(answer.cookies))

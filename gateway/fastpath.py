@@ -155,9 +155,8 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     def _answer(self, answer: Answer, runtime: "Runtime") -> None:
         if getattr(answer, "reason", ""):
             self.acc.scope.reason = answer.reason  # type: ignore[union-attr]
-        login = runtime.login
         rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.acc.request_id,
-                          secure=login is not None and login.secure)
+                          secure=runtime.secure_cookies)
         sink = self.sink
         sink.start(rendered.status, rendered.reason, rendered.headers)
         sink.write(rendered.body)
@@ -168,7 +167,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.acc = acc
         self.runtime = runtime
         self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
-        self.exchange = pipeline.exchange_for(admitted.plan, self.sink, self.gateway.clients)
+        self.exchange = pipeline.exchange_for(admitted, self.sink, self.gateway.clients, runtime)
         self._begin()
         asyncio.ensure_future(self._run())
 

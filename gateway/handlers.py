@@ -57,9 +57,8 @@ class GatewayHandler(web.RequestHandler):
         reason = getattr(answer, "reason", "")
         if reason:
             self.scope.reason = reason
-        login = self.runtime.login
         rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.request_id,
-                          secure=login is not None and login.secure)
+                          secure=self.runtime.secure_cookies)
         self.clear()
         self.set_status(rendered.status, rendered.reason)
         seen = set()
@@ -123,28 +122,12 @@ class ProxyHandler(GatewayHandler):
         outcome = await pipeline.admit(self.accepted, self.runtime, found=self.found)
         if not isinstance(outcome, Admitted):
             return self.answer(outcome)  # type: ignore[arg-type]
-        self._cookies(outcome)
         plan = outcome.plan
-        self.exchange = pipeline.exchange_for(plan, HandlerSink(self), self.gateway.clients)
+        self.exchange = pipeline.exchange_for(outcome, HandlerSink(self), self.gateway.clients, self.runtime)
         if plan.has_body:  # start now so the body streams upstream as it arrives
             self._body_limit = pipeline.body_limit(outcome.route, self.runtime)
             self._running = asyncio.ensure_future(self.exchange.run())
             self._running.add_done_callback(retrieve_outcome)  # awaited by _proxy too
-
-    def _cookies(self, admitted: Admitted) -> None:
-        """A session refreshed on the way: its cookies go out with the upstream's answer.
-
-        Tornado's cookie API, because it adds them when the head is flushed,
-        after the exchange has put the upstream's headers in place.
-        """
-        login = self.runtime.login
-        secure = login is not None and login.secure
-        for op in admitted.cookies:
-            if op.value is None:
-                self.clear_cookie(op.name, path="/", httponly=True, secure=secure, samesite="Lax")
-            else:
-                self.set_cookie(op.name, op.value, path="/", max_age=op.max_age, httponly=True, secure=secure,
-                                samesite="Lax")
 
     def data_received(self, chunk: bytes) -> Any:
         if self.exchange is None or self._finished:

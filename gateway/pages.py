@@ -13,9 +13,9 @@ import email.utils
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from http.cookies import Morsel
-from typing import Any, List, Mapping, Tuple
+from typing import List, Mapping, Tuple
 
 from tornado import httputil, template
 
@@ -124,9 +124,3 @@ def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = Fal
     status = answer.status
     return Rendered(status, httputil.responses.get(status, "Unknown"), headers, body)
 
-
-def merge_cookies(answer: Any, cookies: Tuple[CookieOp, ...]) -> Any:
-    """The same answer with ``cookies`` set before its own (a refresh that happened on the way)."""
-    if not cookies:
-        return answer
-    return replace(answer, cookies=tuple(cookies) + tuple(answer.cookies))

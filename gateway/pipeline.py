@@ -24,16 +24,16 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Protocol, Union
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from tornado import httputil
 
 from . import forwarded
-from .answers import Answer, Cookies, Empty, Json, Refusal
+from .answers import Answer, Cookies, Empty, Json, Refusal, with_cookies
 from .config import AUTH_LOGIN, AUTH_PUBLIC, RouteConfig
-from .forwarding import Balancer, Exchange, UpstreamError, forwarded_request_headers, identity_value
+from .forwarding import Balancer, Exchange, UpstreamError, forwarded_request_headers, identity_headers
 from .models import AuthError, Identity
-from .pages import WWW_AUTHENTICATE, is_browser, merge_cookies
+from .pages import WWW_AUTHENTICATE, is_browser, set_cookie_header
 from .policy import authorize
 from .redirects import safe_redirect_path
 from .routing import BadPath, Match, MethodNotAllowed, normalize_path, valid_host_header
@@ -84,11 +84,6 @@ class RequestHead:
         if self._cookies is None:
             self._cookies = parse_cookies(self.headers.get_list("Cookie"))
         return self._cookies
-
-    def argument(self, name: str) -> Optional[str]:
-        """The first value of a query argument."""
-        values = parse_qs(self.query, keep_blank_values=True).get(name)
-        return values[0] if values else None
 
 
 def parse_cookies(values: list) -> dict:
@@ -302,13 +297,16 @@ def plan(acc: Accepted, match: Match, identity: Optional[Identity], runtime: "Ru
     )
 
 
-def exchange_for(plan: UpstreamPlan, sink: Any, clients: Any) -> Exchange:
-    """The exchange that carries out a plan, writing the upstream's answer into ``sink``."""
+def exchange_for(admitted: Admitted, sink: Any, clients: Any, runtime: "Runtime") -> Exchange:
+    """The exchange that carries out the plan, writing the upstream's answer into ``sink``, with the
+    session cookies a refresh on the way produced."""
+    plan = admitted.plan
     return Exchange(
         sink, clients, plan.balancer, method=plan.method, path_and_query=plan.path_and_query,
         headers=plan.headers, content_length=plan.content_length, has_body=plan.has_body,
         preserve_host=plan.preserve_host, timeout=plan.timeout, connect_timeout=plan.connect_timeout,
         own_cookie=plan.own_cookie,
+        set_cookies=tuple(set_cookie_header(op, runtime.secure_cookies) for op in admitted.cookies),
     )
 
 
@@ -368,19 +366,15 @@ async def admit(acc: Accepted, runtime: "Runtime", *, websocket: bool = False,
         cookies = result.cookies
         if result.error is not None:
             acc.scope.failure = result.error.reason
-            return _with_cookies(invalid_token(result.error), cookies)
+            return with_cookies(invalid_token(result.error), cookies)
         if result.identity is None:
-            return _with_cookies(await unauthenticated(acc, r, runtime, redirect=not websocket), cookies)
+            return with_cookies(await unauthenticated(acc, r, runtime, redirect=not websocket), cookies)
         identity = result.identity
         acc.scope.user = identity.sub
         decision = authorize(r.allow, identity, acc.head.method)
         if not decision.allowed:
-            return _with_cookies(forbidden(acc, r, identity, decision.reason), cookies)
+            return with_cookies(forbidden(acc, r, identity, decision.reason), cookies)
     return Admitted(found, identity, plan(acc, found, identity, runtime), cookies)
-
-
-def _with_cookies(answer: Answer, cookies: Cookies) -> Answer:
-    return merge_cookies(answer, cookies)
 
 
 async def identify(acc: Accepted, runtime: "Runtime") -> Answer:
@@ -390,7 +384,7 @@ async def identify(acc: Accepted, runtime: "Runtime") -> Answer:
     if ident is None:
         desc = result.error.description if result.error else "not signed in"
         header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
-        return _with_cookies(Refusal(401, "no identity", description=desc, headers=(("WWW-Authenticate", header),)),
+        return with_cookies(Refusal(401, "no identity", description=desc, headers=(("WWW-Authenticate", header),)),
                              result.cookies)
     acc.scope.user = ident.sub
     return Json({
@@ -417,16 +411,16 @@ async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:
     method = headers.get("X-Forwarded-Method") or headers.get("X-Original-Method") or "GET"
     path = (uri or "/").partition("?")[0]
     acc.scope.path = path
+    try:
+        acc.scope.path = path = normalize_path(path)  # logged as matched
+    except BadPath as exc:
+        return Refusal(403, f"forward-auth: bad path: {exc}")
     found = route(acc, runtime, host=host, path=path, method=method, landing=False)
     if isinstance(found, Refusal) and found.status == 400:
         return Refusal(403, f"forward-auth: {found.reason}")
     if not isinstance(found, Match):
         return Refusal(403, "forward-auth: no route for this method and path")
     r = found.route
-    try:
-        acc.scope.path = normalize_path(path)
-    except BadPath:  # pragma: no cover - route() refused it already
-        pass
     if r.auth == AUTH_PUBLIC:
         return Empty(200)
     result = await runtime.authn.authenticate(headers.get("Authorization"), lambda: acc.head.cookies, r)
@@ -434,21 +428,14 @@ async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:
     if ident is None:
         acc.scope.failure = result.error.reason if result.error else "unauthenticated"
         header = WWW_AUTHENTICATE + (', error="invalid_token"' if result.error else "")
-        return _with_cookies(Refusal(401, "forward-auth: not authenticated", headers=(("WWW-Authenticate", header),)),
+        return with_cookies(Refusal(401, "forward-auth: not authenticated", headers=(("WWW-Authenticate", header),)),
                              result.cookies)
     acc.scope.user = ident.sub
     decision = authorize(r.allow, ident, method)
     if not decision.allowed:
         acc.scope.failure = "forbidden"
-        return _with_cookies(Refusal(403, decision.reason), result.cookies)
-    out = [("X-Auth-Request-User", identity_value(ident.sub))]
-    if ident.email:
-        out.append(("X-Auth-Request-Email", identity_value(ident.email)))
-    if ident.groups:
-        out.append(("X-Auth-Request-Groups", ",".join(identity_value(g, list_item=True) for g in ident.groups)))
-    if ident.preferred_username:
-        out.append(("X-Auth-Request-Preferred-Username", identity_value(ident.preferred_username)))
-    return Empty(200, headers=tuple(out), cookies=result.cookies)
+        return with_cookies(Refusal(403, decision.reason), result.cookies)
+    return Empty(200, headers=tuple(identity_headers(ident, "X-Auth-Request-")), cookies=result.cookies)
 
 
 def websocket_origin_allowed(acc: Accepted, route: RouteConfig, runtime: "Runtime", origin: Optional[str]) -> bool:

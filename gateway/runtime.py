@@ -40,6 +40,8 @@ class Runtime:
         self.login: Optional[LoginManager] = None
         if config.providers:
             self.login = LoginManager(config, http_client, self.jwks, self.discovery)
+        # Cookies get Secure when browsers reach the gateway over https (public_url)
+        self.secure_cookies = self.login is not None and self.login.secure
         self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None)
 
     async def start(self) -> None:

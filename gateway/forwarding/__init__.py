@@ -15,6 +15,7 @@ from .headers import (
     connection_tokens,
     cookie_header_without,
     forwarded_request_headers,
+    identity_headers,
     identity_value,
     response_headers,
     upstream_header_list,
@@ -24,7 +25,8 @@ from .transport import Request, Transport, UpstreamError
 
 __all__ = [
     "HIGH_WATER", "LOW_WATER", "Balancer", "Clients", "Exchange", "Origin", "GATEWAY_SET", "HOP_BY_HOP",
-    "IDENTITY_HEADERS", "connection_tokens", "cookie_header_without", "forwarded_request_headers", "identity_value",
+    "IDENTITY_HEADERS", "connection_tokens", "cookie_header_without", "forwarded_request_headers", "identity_headers",
+    "identity_value",
     "response_headers", "upstream_header_list", "ConnectionSink", "HandlerSink", "ResponseSink", "retrieve_outcome",
     "Request", "Transport", "UpstreamError",
 ]

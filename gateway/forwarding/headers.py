@@ -105,6 +105,19 @@ def cookie_header_without(values: list[str], own_cookie: str) -> str:
     return "; ".join(kept)
 
 
+def identity_headers(identity: Any, prefix: str) -> list[tuple[str, str]]:
+    """The caller's identity as headers (``X-Forwarded-*`` to upstreams, ``X-Auth-Request-*`` for
+    forward-auth), each value made safe by ``identity_value``."""
+    out = [(prefix + "User", identity_value(identity.sub))]
+    if identity.email:
+        out.append((prefix + "Email", identity_value(identity.email)))
+    if identity.groups:
+        out.append((prefix + "Groups", ",".join(identity_value(g, list_item=True) for g in identity.groups)))
+    if identity.preferred_username:
+        out.append((prefix + "Preferred-Username", identity_value(identity.preferred_username)))
+    return out
+
+
 def forwarded_request_headers(
     incoming: httputil.HTTPHeaders, fwd: Any, request_id: str, identity: Any, own_cookie: Optional[str] = None
 ) -> list[tuple[str, str]]:
@@ -122,13 +135,7 @@ def forwarded_request_headers(
         ("X-Request-Id", request_id),
     ]
     if identity is not None:
-        extra.append(("X-Forwarded-User", identity_value(identity.sub)))
-        if identity.email:
-            extra.append(("X-Forwarded-Email", identity_value(identity.email)))
-        if identity.groups:
-            extra.append(("X-Forwarded-Groups", ",".join(identity_value(g, list_item=True) for g in identity.groups)))
-        if identity.preferred_username:
-            extra.append(("X-Forwarded-Preferred-Username", identity_value(identity.preferred_username)))
+        extra.extend(identity_headers(identity, "X-Forwarded-"))
     headers = upstream_header_list(incoming, extra)
     if own_cookie is not None and "Cookie" in incoming:
         cookies = [value for name, value in headers if name.lower() == "cookie"]
