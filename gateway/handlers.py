@@ -235,12 +235,9 @@ class OAuthHandler(GatewayHandler):
     _body_seen = 0
 
     def prepare(self) -> None:
-        limit = self.runtime.config.server.max_body_size
-        length = pipeline.content_length(pipeline.header(self.request.headers, "Content-Length"))
-        if length == -1:
-            self.answer(Refusal(400, "bad content-length"))
-        elif limit and length is not None and length > limit:
-            self.answer(Refusal(413, f"body of {length} bytes over the limit of {limit}"))
+        refusal = pipeline.check_length(self.request.headers, self.runtime.config.server.max_body_size)
+        if refusal is not None:
+            self.answer(refusal)
 
     def data_received(self, chunk: bytes) -> Any:
         self._body_seen += len(chunk)

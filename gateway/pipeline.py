@@ -229,12 +229,17 @@ def content_length(value: Optional[str]) -> Optional[int]:
 
 def check_body(head: RequestHead, route: RouteConfig, runtime: "Runtime") -> Optional[Refusal]:
     """Refuse an oversized or malformed body before anything reaches the upstream."""
-    if "Content-Length" not in head.headers:
-        return None  # bodiless, or chunked (limited as it streams)
-    length = content_length(head.headers.get("Content-Length"))
+    return check_length(head.headers, body_limit(route, runtime))
+
+
+def check_length(headers: HeaderMap, limit: int) -> Optional[Refusal]:
+    """A malformed Content-Length (400) or one over ``limit`` (413; 0 means none); chunked bodies
+    are limited as they stream."""
+    if "Content-Length" not in headers:
+        return None
+    length = content_length(headers.get("Content-Length"))
     if length == -1:
         return Refusal(400, "bad content-length")
-    limit = body_limit(route, runtime)
     if limit and length is not None and length > limit:
         return Refusal(413, f"body of {length} bytes over the limit of {limit}")
     return None
