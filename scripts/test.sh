@@ -29,4 +29,11 @@ if [ -f tests/idp/package-lock.json ]; then
   (cd tests/idp && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# Third-party identity providers the interop tests run against (Glewlwyd, LemonLDAP::NG,
+# django-oauth-toolkit): each script installs its own peer, as this script does the others.
+for peer in scripts/peers/*.sh; do
+  [ -e "$peer" ] || continue
+  PY="$PY" bash "$peer"
+done
+
 exec "$PY" -m pytest -q -p no:cacheprovider "$@"
