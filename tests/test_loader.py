@@ -471,7 +471,7 @@ BAD_CONFIGS = [
             'routes.yaml:7: provider "corp": scopes must include "openid"',
             'routes.yaml:8: unknown key "groups_claims" in provider "corp" (did you mean "groups_claim"?)',
             'routes.yaml:9: provider name "bad name" may only contain letters, digits, "_" and "-"',
-            'routes.yaml:11: provider "partner" must be a mapping with issuer, client_id and client_secret',
+            'routes.yaml:11: provider "partner" must be a mapping with issuer (or a preset), client_id and client_secret',
         ],
         id="providers",
     ),

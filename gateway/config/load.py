@@ -109,6 +109,11 @@ def _config(src: Source, root: Optional[Node]) -> Config:
     server = server_rules.server(src, section("server"))
     providers = providers_rules.providers(src, section("providers"))
     session = session_rules.session(src, section("session"), providers, items.get("providers"))
+    if isinstance(server, ServerConfig) and section("session") is not None:
+        session_node = src.mapping(items["session"][1])[0].get("cookie_domain") if isinstance(
+            items["session"][1], MappingNode) else None
+        session_rules.cookie_domain_covers(src, session, server.public_url,
+                                           session_node[1] if session_node else None)
     tokens = tokens_rules.tokens(src, section("tokens"))
     routes = routes_rules.routes(src, items.get("routes"), root, providers)
     config = Config(

@@ -25,6 +25,7 @@ DEFAULT_LEEWAY = 30.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_SCOPES = ("openid", "email", "profile")
 DEFAULT_GROUPS_CLAIM = "groups"
+DEFAULT_REFRESH_GRACE = 60.0
 MIN_SECRET_BYTES = 32
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -101,21 +102,62 @@ class SessionConfig:
     cookie_name: str = opt(DEFAULT_COOKIE_NAME, kind="string")
     lifetime: float = opt(DEFAULT_SESSION_LIFETIME, kind="duration")
     store: str = opt("cookie", kind="string")  # "cookie" or "redis://HOST:PORT/DB"
+    # e.g. ".example.com": one sign-in for every host under it (must cover public_url's host)
+    cookie_domain: str = opt("", kind="string")
+    # when the provider cannot be reached to refresh, access lasts at most this past the token's expiry
+    refresh_grace: float = opt(DEFAULT_REFRESH_GRACE, kind="duration")
+
+
+PROVIDER_TYPES = ("oidc", "oauth2")
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# identity fields a provider's claims mapping may fill (identity field <- the provider's field)
+IDENTITY_FIELDS = ("sub", "email", "email_verified", "preferred_username", "name", "groups")
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
+    """One login provider: OpenID Connect (``issuer`` + discovery) or plain OAuth 2.0.
+
+    A ``preset`` (``gateway.config.presets``) fills in what is known about a
+    well-known service; keys written in the file win over it.
+    """
+
     name: str = opt(kind="string", key=None)
-    issuer: str = opt(kind="url")
-    client_id: str = opt(kind="string")
-    client_secret: str = opt(kind="string")
+    type: str = opt("oidc", kind="provider_type")
+    preset: str = opt("", kind="string")
+    issuer: str = opt("", kind="url")
+    client_id: str = opt("", kind="string")  # required (the providers rule says so)
+    client_secret: str = opt("", kind="string")
     scopes: Tuple[str, ...] = opt(DEFAULT_SCOPES, kind="strings")
+    # plain OAuth 2.0 (type: oauth2) endpoints; OpenID Connect finds them by discovery
+    authorization_endpoint: str = opt("", kind="url")
+    token_endpoint: str = opt("", kind="url")
+    userinfo_endpoint: str = opt("", kind="url")
+    # identity field <- the provider's field (dotted for nested objects), e.g. {sub: id, email: mail}
+    claims: Tuple[Tuple[str, str], ...] = opt((), kind="claim_map")
     groups_claim: str = opt(DEFAULT_GROUPS_CLAIM, kind="string")
+    user_claim: str = opt("sub", kind="string")  # the claim that becomes X-Forwarded-User
+    # "": client_secret_basic unless discovery lists only client_secret_post
+    token_endpoint_auth_method: str = opt("", kind="auth_method")
     display_name: str = opt("", kind="string")  # shown on the chooser page; defaults to name
     # where the provider sends the browser after its sign-out (register it there); default <public_url>/
     post_logout_redirect_uri: str = opt("", kind="url")
     # trust emails the provider marks email_verified: false (default: such an email is no identity)
     allow_unverified_email: bool = opt(False, kind="bool")
+    # preset parameters
+    base_url: str = opt("", kind="url")  # github, gitlab (self-hosted), keycloak
+    realm: str = opt("", kind="string")  # keycloak
+    tenant: str = opt("", kind="string")  # microsoft: a tenant id, or common / organizations / consumers
+    allowed_tenants: Tuple[str, ...] = opt((), kind="strings")  # microsoft multi-tenant: only these tid
+    domain: str = opt("", kind="string")  # okta, auth0
+    hosted_domain: str = opt("", kind="string")  # google: the ID token's hd claim must equal it
+    # filled by presets, never by the file
+    api: str = opt("", kind="string", key=None)  # "github": identity from the GitHub REST API
+    api_url: str = opt("", kind="url", key=None)
+    issuer_aliases: Tuple[str, ...] = opt((), kind="strings", key=None)  # more spellings of issuer
+    tenant_issuer: str = opt("", kind="string", key=None)  # microsoft: issuer template with {tid}
+    email_verified_by_provider: bool = opt(False, kind="bool", key=None)  # emails are verified by definition
+    auth_params: Tuple[Tuple[str, str], ...] = opt((), kind="claim_map", key=None)  # more authorization params
 
 
 @dataclass(frozen=True)
@@ -136,6 +178,8 @@ class TokenIssuerConfig:
     groups_claim: str = opt(DEFAULT_GROUPS_CLAIM, kind="string")
     email_claim: str = opt("email", kind="string")
     username_claim: str = opt("preferred_username", kind="string")
+    # the JOSE header typ the token must carry, e.g. "at+jwt" (RFC 9068 access tokens); "": any
+    require_typ: str = opt("", kind="string")
     # trust an email whose email_verified is false (default: such an email is no identity)
     allow_unverified_email: bool = opt(False, kind="bool")
 
@@ -204,6 +248,10 @@ _JSON_KINDS: dict[str, dict] = {
     "auth": {"enum": list(AUTH_MODES)},
     "strings": _STRINGS,
     "claims": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean", "array"]}},
+    "claim_map": {"type": "object", "propertyNames": {"enum": list(IDENTITY_FIELDS)},
+                  "additionalProperties": {"type": "string"}},
+    "provider_type": {"enum": list(PROVIDER_TYPES)},
+    "auth_method": {"enum": list(TOKEN_AUTH_METHODS)},
 }
 
 

@@ -1,4 +1,4 @@
-"""The ``providers`` section: OpenID Connect login providers by name.
+"""The ``providers`` section: login providers by name (OpenID Connect or plain OAuth 2.0, presets applied).
 
 One of the section rules that ``gateway.config.load`` runs; routes with
 ``auth: login`` refer to these names.
@@ -11,10 +11,17 @@ from typing import Any, Optional, Tuple
 
 from yaml.nodes import Node
 
-from ..schema import ProviderConfig, yaml_keys
-from ..source import BAD, Source, q
+from ..presets import PRESETS, resolve
+from ..schema import (DEFAULT_SCOPES, IDENTITY_FIELDS, PROVIDER_TYPES, TOKEN_AUTH_METHODS, ProviderConfig,
+                      yaml_keys)
+from ..source import BAD, Source, hint, q
 
 KEYS = yaml_keys(ProviderConfig)
+_STRING_KEYS = ("type", "preset", "client_id", "client_secret", "groups_claim", "user_claim", "display_name",
+                "token_endpoint_auth_method", "realm", "tenant", "domain", "hosted_domain")
+_URL_KEYS = ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint",
+             "post_logout_redirect_uri", "base_url")
+MULTI_TENANT = ("common", "organizations", "consumers")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -52,39 +59,101 @@ def providers(src: Source, pair: Optional[Tuple[Node, Node]]) -> Any:
 
 def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
     where = f'provider "{name}"'
-    mapped = src.get_mapping(node, f"{where} must be a mapping with issuer, client_id and client_secret")
+    mapped = src.get_mapping(node, f"{where} must be a mapping with issuer (or a preset), client_id and client_secret")
     if mapped is BAD:
         return BAD
     items, problems = mapped
     src.keys(node, KEYS, where, items, problems)
+    given: dict[str, Any] = {}
+    for key in _STRING_KEYS:
+        if key in items:
+            given[key] = src.get_str(items[key][1], f"{where}: {key}")
+    for key in _URL_KEYS:
+        if key in items:
+            given[key] = src.get_url(items[key][1], f"{where}: {key}", query_ok=key == "userinfo_endpoint"
+                                     or key == "post_logout_redirect_uri")
+    if "allow_unverified_email" in items:
+        given["allow_unverified_email"] = src.get_bool(items["allow_unverified_email"][1],
+                                                       f"{where}: allow_unverified_email")
+    if "allowed_tenants" in items:
+        tenants = src.get_str_list(items["allowed_tenants"][1], f"{where}: allowed_tenants", "[TENANT-ID]")
+        given["allowed_tenants"] = BAD if tenants is BAD else tuple(t for t, _ in tenants)
+    if "scopes" in items:
+        scopes = src.get_str_list(items["scopes"][1], f"{where}: scopes", "[openid, email, profile]")
+        given["scopes"] = BAD if scopes is BAD else tuple(dict.fromkeys(text for text, _ in scopes))
+    if "claims" in items:
+        given["claims"] = claim_map(src, items["claims"][1], where)
+    ok = not any(v is BAD for v in given.values())
+    given = {k: v for k, v in given.items() if v is not BAD}
+
     values: dict[str, Any] = {"name": name, "display_name": name}
-    ok = True
-    for key in ("issuer", "client_id", "client_secret"):
-        if key not in items:
+    preset_name = given.get("preset")
+    if preset_name is not None:
+        preset = PRESETS.get(preset_name)
+        if preset is None:
+            src.error(items["preset"][1], f"{where}: unknown preset {q(preset_name)}{hint(preset_name, PRESETS)}"
+                                          f" (one of {', '.join(PRESETS)})")
+            return BAD
+        for need in preset.needs:
+            if not given.get(need):
+                src.error(key_node, f"{where}: preset {preset_name} needs {need}")
+                ok = False
+        values["type"] = preset.type
+        values.update(resolve(preset, {k: v for k, v in given.items() if isinstance(v, str)}))
+    values.update(given)
+    kind = values.get("type", "oidc")
+    for key in ("client_id", "client_secret"):
+        if not values.get(key) and key not in items:
             src.error(key_node, f"{where}: {key} is required")
             ok = False
-    if "issuer" in items:
-        values["issuer"] = src.get_url(items["issuer"][1], f"{where}: issuer")
-    for key in ("client_id", "client_secret", "groups_claim", "display_name"):
-        if key in items:
-            values[key] = src.get_str(items[key][1], f"{where}: {key}")
-    if "post_logout_redirect_uri" in items:
-        values["post_logout_redirect_uri"] = src.get_url(items["post_logout_redirect_uri"][1],
-                                                         f"{where}: post_logout_redirect_uri", query_ok=True)
-    if "allow_unverified_email" in items:
-        values["allow_unverified_email"] = src.get_bool(items["allow_unverified_email"][1],
-                                                        f"{where}: allow_unverified_email")
-    if "scopes" in items:
-        node = items["scopes"][1]
-        scopes = src.get_str_list(node, f"{where}: scopes", "[openid, email, profile]")
-        if scopes is not BAD:
-            names = tuple(dict.fromkeys(text for text, _ in scopes))
-            if "openid" not in names:
-                src.error(node, f'{where}: scopes must include "openid"')
-                scopes = BAD
-            else:
-                scopes = names
-        values["scopes"] = scopes
-    if not ok or any(v is BAD for v in values.values()):
+    if kind == "oidc":
+        if not values.get("issuer") and "issuer" not in items:
+            src.error(key_node, f"{where}: issuer is required (or a preset: {', '.join(PRESETS)})")
+            ok = False
+        if "openid" not in values.get("scopes", DEFAULT_SCOPES):
+            src.error(items["scopes"][1] if "scopes" in items else key_node, f'{where}: scopes must include "openid"')
+            ok = False
+    else:
+        for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
+            if not values.get(key) and key not in items:
+                src.error(key_node, f"{where}: {key} is required for type: oauth2")
+                ok = False
+        if "issuer" in given:
+            src.error(items["issuer"][0], f"{where}: issuer is for type: oidc; a plain OAuth 2.0 provider "
+                                          "has authorization_endpoint, token_endpoint and userinfo_endpoint")
+            ok = False
+    if values.get("allowed_tenants") and not values.get("tenant_issuer"):
+        src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants is for preset: microsoft")
+        ok = False
+    if values.get("tenant_issuer") and values.get("tenant") not in MULTI_TENANT:
+        values["tenant_issuer"] = ""  # one tenant: its issuer is exact
+    if "type" in given and given["type"] not in PROVIDER_TYPES:
+        src.error(items["type"][1], f"{where}: type must be one of {', '.join(PROVIDER_TYPES)}")
+        ok = False
+    method = values.get("token_endpoint_auth_method")
+    if method and method not in TOKEN_AUTH_METHODS:
+        src.error(items["token_endpoint_auth_method"][1],
+                  f"{where}: token_endpoint_auth_method must be one of {', '.join(TOKEN_AUTH_METHODS)}")
+        ok = False
+    if not ok:
         return BAD
     return ProviderConfig(**values)
+
+
+def claim_map(src: Source, node: Node, where: str) -> Any:
+    """``claims: {sub: id, email: mail}``: identity field <- the provider's (dotted) field."""
+    mapped = src.get_mapping(node, f"{where}: claims must be a mapping of identity field to the provider's "
+                                   "field, e.g. {sub: id, email: mail, groups: roles}")
+    if mapped is BAD:
+        return BAD
+    items, problems = mapped
+    src.keys(node, IDENTITY_FIELDS, f"{where}: claims", items, problems)
+    pairs = []
+    for field_name, (key_node, value_node) in items.items():
+        if field_name not in IDENTITY_FIELDS:
+            return BAD
+        text = src.get_str(value_node, f"{where}: claims: {field_name}")
+        if text is BAD:
+            return BAD
+        pairs.append((field_name, text))
+    return tuple(pairs)

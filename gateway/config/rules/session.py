@@ -11,7 +11,9 @@ from typing import Any, Optional, Tuple
 from yaml.nodes import Node
 
 from ..schema import MIN_SECRET_BYTES, SessionConfig, yaml_keys
-from ..source import BAD, TOKEN, Source, check_url, q
+from urllib.parse import urlsplit
+
+from ..source import BAD, TOKEN, Source, check_url, is_hostname, q
 
 KEYS = yaml_keys(SessionConfig)
 
@@ -89,4 +91,27 @@ def session(
                 src.error(
                     node, 'session: store must be "cookie" or a redis://HOST:PORT/DB (or rediss://) URL'
                 )
+    if "refresh_grace" in items:
+        grace = src.get_duration(items["refresh_grace"][1], "session: refresh_grace", positive=False)
+        if grace is not BAD:
+            values["refresh_grace"] = grace
+    if "cookie_domain" in items:
+        node = items["cookie_domain"][1]
+        domain = src.get_str(node, "session: cookie_domain")
+        if domain is not BAD:
+            bare = domain.lower().lstrip(".")
+            if "." not in bare or not is_hostname(bare):
+                src.error(node, f"session: cookie_domain {q(domain)} must be a domain name such as .example.com")
+            else:
+                values["cookie_domain"] = "." + bare
     return SessionConfig(**values)
+
+
+def cookie_domain_covers(src: Source, session: SessionConfig, public_url: str, node: Optional[Node]) -> None:
+    """``cookie_domain`` must cover public_url's host, where the callback sets the cookie."""
+    if not session.cookie_domain or node is None:
+        return
+    host = (urlsplit(public_url).hostname or "").lower()
+    if not (host == session.cookie_domain[1:] or host.endswith(session.cookie_domain)):
+        src.error(node, f"session: cookie_domain {q(session.cookie_domain)} does not cover server.public_url's "
+                        f"host {q(host)}: the sign-in callback could not set the session cookie")

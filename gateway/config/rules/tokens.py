@@ -115,7 +115,7 @@ def token_entry(src: Source, index: int, node: Node, seen: dict[str, Node]) -> A
         values["jwks_uri"] = src.get_url(items["jwks_uri"][1], f"{where}: jwks_uri", query_ok=True)
     if "leeway" in items:
         values["leeway"] = src.get_duration(items["leeway"][1], f"{where}: leeway", positive=False)
-    for key in ("groups_claim", "email_claim", "username_claim"):
+    for key in ("groups_claim", "email_claim", "username_claim", "require_typ"):
         if key in items:
             values[key] = src.get_str(items[key][1], f"{where}: {key}")
     if "allow_unverified_email" in items:
