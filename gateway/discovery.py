@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
@@ -36,7 +36,11 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 
 class DiscoveryError(Exception):
-    """The discovery document could not be fetched or is not acceptable."""
+    """The discovery document could not be fetched (``unreachable``) or is not acceptable."""
+
+    def __init__(self, message: str, *, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 def describe_fetch_error(exc: BaseException, url: str) -> str:
@@ -76,10 +80,11 @@ async def fetch_json(
         raise
     except Exception as exc:
         raise DiscoveryError(
-            f"fetching {what} from {safe_url(url)} failed: {describe_fetch_error(exc, url)}"
+            f"fetching {what} from {safe_url(url)} failed: {describe_fetch_error(exc, url)}", unreachable=True
         ) from None
     if response.code != 200:
-        raise DiscoveryError(f"fetching {what} from {safe_url(url)} failed: HTTP {response.code}")
+        raise DiscoveryError(f"fetching {what} from {safe_url(url)} failed: HTTP {response.code}",
+                             unreachable=response.code >= 500 or response.code == 429)
     body = response.body or b""
     if len(body) > MAX_DOCUMENT_BYTES:
         raise DiscoveryError(f"{what} from {safe_url(url)} is too large ({len(body)} bytes)")
@@ -91,25 +96,27 @@ async def fetch_json(
 
 
 async def fetch_discovery(
-    http_client: AsyncHTTPClient, issuer: str, *, timeout: float = DEFAULT_DISCOVERY_TIMEOUT
+    http_client: AsyncHTTPClient, issuer: str, *, timeout: float = DEFAULT_DISCOVERY_TIMEOUT,
+    also: Tuple[str, ...] = (),
 ) -> Dict[str, Any]:
     """Fetch and check the discovery document of ``issuer``.
 
     The document must be a JSON object whose ``issuer`` is exactly the
     configured one (OpenID Connect Discovery 1.0, section 4.3): a trailing
     slash or a different scheme is a mismatch, because tokens carry the
-    issuer string verbatim.
+    issuer string verbatim. ``also`` are other issuer strings the document may
+    name (Microsoft's multi-tenant endpoints name a ``{tenantid}`` template).
     """
     url = discovery_url(issuer)
     document, _ = await fetch_json(http_client, url, timeout=timeout, what="discovery document")
     if not isinstance(document, dict):
         raise DiscoveryError(f"discovery document from {safe_url(url)} is not a JSON object")
     found = document.get("issuer")
-    if found != issuer:
+    if found != issuer and found not in also:
         shown = repr(found)[:200] if isinstance(found, str) else "none"
         raise DiscoveryError(
-            f"discovery document from {safe_url(url)} names issuer {shown}, "
-            f"expected {issuer!r} exactly"
+            f"issuer mismatch: discovery says {shown}, config says {issuer!r} "
+            f"(from {safe_url(url)}; the two must be equal exactly, trailing slash included)"
         )
     return document
 
@@ -164,13 +171,13 @@ class DiscoveryCache:
         if entry is not None:
             entry.fresh_until = float("-inf")
 
-    async def get(self, issuer: str) -> Dict[str, Any]:
+    async def get(self, issuer: str, also: Tuple[str, ...] = ()) -> Dict[str, Any]:
         entry = self._entries.get(issuer)
         if entry is not None and self._clock() < entry.fresh_until:
             return entry.document
         task = self._inflight.get(issuer)
         if task is None:
-            task = asyncio.ensure_future(self._refresh(issuer))
+            task = asyncio.ensure_future(self._refresh(issuer, also))
             self._inflight[issuer] = task
             task.add_done_callback(lambda t, i=issuer: self._done(i, t))
         return await asyncio.shield(task)
@@ -181,10 +188,10 @@ class DiscoveryCache:
         if not task.cancelled():
             task.exception()  # retrieved: a failure is re-raised to the awaiting callers
 
-    async def _refresh(self, issuer: str) -> Dict[str, Any]:
+    async def _refresh(self, issuer: str, also: Tuple[str, ...]) -> Dict[str, Any]:
         self.fetch_count += 1
         try:
-            document = await fetch_discovery(self._http, issuer, timeout=self._timeout)
+            document = await fetch_discovery(self._http, issuer, timeout=self._timeout, also=also)
         except DiscoveryError as exc:
             entry = self._entries.get(issuer)
             if entry is None:

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from typing import Any, Mapping, Optional, Tuple
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .answers import Answer, CookieOp, Cookies, Page, Redirect, Refusal
 from .config import AUTH_LOGIN, Config, RouteConfig
@@ -36,7 +36,9 @@ from .redirects import safe_redirect_path
 from .discovery import DiscoveryCache
 from .jwks import JWKSRegistry
 from .models import Identity
-from .oidc import InvalidGrant, OIDCClient, OIDCError, ProviderUnavailable, new_pkce, random_token
+from .providers import (Misconfigured, ProviderClient, ProviderError, ProviderUnavailable, TokenRefused, make_client,
+                        new_pkce, random_token)
+from .providers.client import redact
 from .sessions import CookieCodec, CookieUpdate, Session, SessionStore, SessionStoreError, make_session_store
 
 UNAVAILABLE = "The sign-in service is not reachable right now. Try again in a moment."
@@ -51,6 +53,15 @@ REFRESH_WAIT = 10.0
 REACHABLE_TIMEOUT = 2.0  # seconds to connect to the provider before a login redirect
 REACHABLE_OK_FOR = 10.0  # a successful check is trusted this long
 REACHABLE_DOWN_FOR = 2.0  # a failed one this long
+RETRY_FIRST = 2.0  # after a failed refresh (provider down), wait this long before the next try ...
+RETRY_MAX = 60.0  # ... doubling up to this
+MAX_RETRY_ENTRIES = 10_000
+
+
+def rule_claims(config: Config) -> Tuple[str, ...]:
+    """Every claim an allow rule of a route names: sessions keep them, so claim rules work on login routes."""
+    names = dict.fromkeys(name for route in config.routes for rule in route.allow for name, _ in rule.claim)
+    return tuple(names)
 
 
 class LoginManager:
@@ -70,28 +81,32 @@ class LoginManager:
         self.store: SessionStore = make_session_store(session)
         assert session.secret is not None
         self.state_codec = CookieCodec(session.secret, session.previous_secrets, purpose="login-state")
-        self.clients = {
-            name: OIDCClient(provider, http_client, redirect_uri=self.redirect_uri, discovery=discovery, jwks=jwks)
+        keep = rule_claims(config)
+        self.clients: dict[str, ProviderClient] = {
+            name: make_client(provider, http_client, redirect_uri=self.redirect_uri, discovery=discovery,
+                              jwks=jwks, keep=keep, clock=clock)
             for name, provider in config.providers.items()
         }
         self._refreshing: dict[str, asyncio.Future] = {}
+        self._retry: dict[str, tuple[float, float]] = {}  # session id -> (next refresh try, delay)
         self._reachable: dict[str, tuple[float, bool]] = {}  # provider -> (valid until, reachable)
 
     async def start(self) -> None:
         for client in self.clients.values():
             asyncio.ensure_future(self._warm(client))
 
-    async def _warm(self, client: OIDCClient) -> None:
+    async def _warm(self, client: ProviderClient) -> None:
         try:
-            await client.metadata()
-        except OIDCError as exc:
-            log.warning("provider %s not reachable yet: %s", client.name, exc.description)
+            await client.endpoints()
+        except ProviderError as exc:
+            log.warning("provider %s not usable yet: %s", client.name, exc.reason)
 
     async def readiness(self) -> list[str]:
         problems = []
         for name, client in self.clients.items():
-            if not await client.ready():
-                problems.append(f"provider {name}: discovery document not fetched yet")
+            problem = await client.problem()
+            if problem is not None:
+                problems.append(f"provider {name}: {problem}")
         if not await self.store.ping():
             problems.append("session store unreachable")
         return problems
@@ -136,10 +151,10 @@ class LoginManager:
             url = await client.authorization_url(state=state, nonce=nonce, code_challenge=challenge)
             await self._check_reachable(client)
         except ProviderUnavailable as exc:
-            log.warning("provider %s unavailable: %s", name, exc.description)
+            log.warning("provider %s unavailable: %s", name, exc.reason)
             return Refusal(503, f"provider {name} unavailable", description=UNAVAILABLE,
                            retry_url="/oauth2/start?" + urlencode({"rd": rd, "provider": name}))
-        except OIDCError as exc:
+        except ProviderError as exc:
             return Refusal(502, f"provider {name}: {exc.reason}", description=exc.description)
         cookie = self.login_cookie_prefix + _state_id(state)
         payload = json.dumps({"s": state, "v": verifier, "n": nonce, "rd": rd, "p": name, "t": self.clock()}).encode()
@@ -147,7 +162,7 @@ class LoginManager:
         ops = self._evict_pending(cookies) + (CookieOp(cookie, value, int(LOGIN_STATE_TTL)),)
         return Redirect(url, reason="login required", cookies=ops)
 
-    async def _check_reachable(self, client: OIDCClient) -> None:
+    async def _check_reachable(self, client: ProviderClient) -> None:
         """Is the provider up? A cached TCP connect to its token endpoint (which the callback needs).
 
         Discovery is cached for an hour, so without this a provider that went down
@@ -160,7 +175,7 @@ class LoginManager:
             if not checked[1]:
                 raise ProviderUnavailable("the provider is not reachable", "unreachable")
             return
-        endpoint = (await client.metadata()).get("token_endpoint", "")
+        endpoint = (await client.endpoints()).get("token_endpoint", "")
         parts = urlsplit(endpoint)
         host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
         ok = True
@@ -206,6 +221,10 @@ class LoginManager:
         error = args.get("error")
         if error:
             used: Cookies = (CookieOp(self.login_cookie_prefix + _state_id(state or "")),) if pending else ()
+            detail = redact(args.get("error_description"), ())
+            log.warning("login via %s: the provider answered error=%s%s",
+                        pending["p"] if pending else "an unknown provider (no matching state)",
+                        redact(error, ())[:64], f" ({detail})" if detail else "")
             description = "The sign-in was not completed"
             if error == "access_denied":
                 description = "The sign-in was cancelled or refused."
@@ -226,23 +245,23 @@ class LoginManager:
         if client is None:
             return Refusal(400, "provider no longer configured", cookies=used, **again), None
         try:
-            metadata = await client.metadata()
-            client.check_authorization_response_iss(args.get("iss"), metadata)
-            tokens = await client.exchange_code(code, pending["v"])
-            assert tokens.id_token is not None
-            id_claims = await client.validate_id_token(tokens.id_token, nonce=pending["n"], access_token=tokens.access_token)
-            user = await client.user_claims(id_claims, tokens.access_token)
+            tokens, user = await client.sign_in(code=code, verifier=pending["v"], nonce=pending["n"],
+                                                iss=args.get("iss"))
         except ProviderUnavailable as exc:
-            log.warning("login via %s failed: provider unavailable: %s", client.name, exc.description)
+            log.warning("login via %s failed: provider unavailable (%s)", client.name, exc.reason)
             return Refusal(503, f"provider {client.name} unavailable", description=UNAVAILABLE, cookies=used,
                            retry_url=retry, retry_label="Try again"), None
-        except OIDCError as exc:
+        except Misconfigured as exc:
             log.warning("login via %s failed: %s", client.name, exc.reason)
-            return Refusal(400, f"login failed: {exc.reason}", description="The sign-in could not be completed.",
+            return Refusal(502, f"login failed: {exc.reason}", description=exc.description, cookies=used), None
+        except ProviderError as exc:
+            log.warning("login via %s failed: %s", client.name, exc.reason)
+            return Refusal(400, f"login failed: {exc.reason}", description="The sign-in could not be completed. "
+                           + (exc.description if exc.reason.startswith("no_") else ""),
                            cookies=used, **again), None
         now = self.clock()
         session = Session(
-            id=random_token(16), provider=client.name, sub=user.sub, email=user.email, groups=tuple(user.groups),
+            id=random_token(16), provider=client.name, sub=user.user, email=user.email, groups=tuple(user.groups),
             preferred_username=user.preferred_username, claims=dict(user.claims), id_token=tokens.id_token,
             access_token=tokens.access_token, refresh_token=tokens.refresh_token,
             access_expires_at=tokens.expires_at, access_issued_at=now, created_at=now,
@@ -306,23 +325,48 @@ class LoginManager:
         margin = min(REFRESH_BEFORE, max(0.0, (session.access_expires_at - issued) / 5))
         return self.clock() >= session.access_expires_at - margin
 
+    def _past_grace(self, session: Session) -> bool:
+        """Access never outlives the access token by more than ``session.refresh_grace``."""
+        assert session.access_expires_at is not None
+        return self.clock() > session.access_expires_at + self.config.session.refresh_grace
+
     async def _refresh(self, session: Session, cookies: Mapping[str, str]) -> Tuple[Optional[Session], Cookies]:
-        """Single flight per session: in this process by a shared future, across instances by the store's lock."""
+        """Single flight per session: in this process by a shared future, across instances by the store's lock.
+
+        A refused refresh ends the session; an unreachable provider is retried
+        with backoff (not on every request) until the grace runs out.
+        """
+        retry = self._retry.get(session.id)
+        if retry is not None and self.clock() < retry[0]:
+            if self._past_grace(session):
+                log.info("session of %s ended: the provider could not refresh it within the grace", session.sub)
+                return None, await self._clear(cookies)
+            return session, ()
         running = self._refreshing.get(session.id)
         if running is None:
             running = asyncio.ensure_future(self._do_refresh(session, cookies))
             self._refreshing[session.id] = running
             running.add_done_callback(lambda _f, sid=session.id: self._refreshing.pop(sid, None))
         try:
-            outcome = await asyncio.shield(running)
-            if outcome is None:
+            outcome, renewed = await asyncio.shield(running)
+            if renewed is None:
                 return None, await self._clear(cookies)
-            return outcome, await self._save(outcome, cookies)
+            if outcome == "kept":
+                return renewed, ()
+            return renewed, await self._save(renewed, cookies)
         except SessionStoreError as exc:
             log.warning("session store failed during refresh: %s", exc)
             return session, ()
 
-    async def _do_refresh(self, session: Session, cookies: Mapping[str, str]) -> Optional[Session]:
+    def _back_off(self, session: Session) -> None:
+        previous = self._retry.get(session.id)
+        delay = RETRY_FIRST if previous is None else min(previous[1] * 2, RETRY_MAX)
+        if len(self._retry) >= MAX_RETRY_ENTRIES:
+            self._retry.pop(next(iter(self._retry)))
+        self._retry[session.id] = (self.clock() + delay, delay)
+
+    async def _do_refresh(self, session: Session, cookies: Mapping[str, str]) -> Tuple[str, Optional[Session]]:
+        """("renewed", session), ("kept", session) while the provider is down, or ("ended", None)."""
         if not await self.store.lock(session.id, REFRESH_WAIT):
             # Another instance is refreshing this session: wait for it to store the result.
             deadline = time.monotonic() + REFRESH_WAIT
@@ -331,35 +375,33 @@ class LoginManager:
                 await asyncio.sleep(0.1)
                 latest = await self.store.load(cookies)
                 if latest is None:
-                    return None
+                    return "ended", None
                 if latest.access_token != session.access_token or not self._refresh_due(latest):
-                    return latest
-            return latest  # the newest stored copy, never an older one over a newer
+                    return "renewed", latest
+            return "kept", latest  # the newest stored copy, never an older one over a newer
         try:
             client = self.clients.get(session.provider)
             if client is None:
-                return None
+                return "ended", None
             try:
-                tokens = await client.refresh(session.refresh_token or "")
-            except InvalidGrant:
-                log.info("refresh for %s refused (invalid_grant): session ended", session.sub)
-                return None
-            except OIDCError as exc:
-                log.warning("refresh for %s failed (%s); keeping the session for now", session.sub, exc.reason)
-                return session
-            id_token = session.id_token
-            if tokens.id_token:
-                try:
-                    claims = await client.validate_id_token(tokens.id_token, nonce=None)
-                    if claims.get("sub") != session.sub:
-                        log.warning("refreshed id_token names another subject: session of %s ended", session.sub)
-                        return None
-                    id_token = tokens.id_token
-                except OIDCError as exc:
-                    log.warning("refreshed id_token for %s rejected (%s): session ended", session.sub, exc.reason)
-                    return None
+                tokens = await client.renew(session.refresh_token or "", sub=str(session.claims.get("sub", session.sub)))
+            except TokenRefused as exc:
+                log.info("refresh for %s refused (%s): session ended", session.sub, exc.reason)
+                return "ended", None
+            except ProviderUnavailable as exc:
+                self._back_off(session)
+                if self._past_grace(session):
+                    log.info("refresh for %s failed (%s) past the grace: session ended", session.sub, exc.reason)
+                    return "ended", None
+                log.warning("refresh for %s failed (%s); retrying in %.0f s", session.sub, exc.reason,
+                            self._retry[session.id][1])
+                return "kept", session
+            except ProviderError as exc:
+                log.warning("refreshed tokens for %s rejected (%s): session ended", session.sub, exc.reason)
+                return "ended", None
+            self._retry.pop(session.id, None)
             refreshed = dataclasses.replace(
-                session, access_token=tokens.access_token, id_token=id_token,
+                session, access_token=tokens.access_token, id_token=tokens.id_token or session.id_token,
                 refresh_token=tokens.refresh_token or session.refresh_token, access_expires_at=tokens.expires_at,
                 access_issued_at=self.clock(),
             )
@@ -367,7 +409,7 @@ class LoginManager:
                 await self.store.save(refreshed, cookies)  # so other instances see it (Redis)
             except SessionStoreError as exc:
                 log.warning("could not store the refreshed session: %s", exc)
-            return refreshed
+            return "renewed", refreshed
         finally:
             await self.store.unlock(session.id)
 
@@ -398,14 +440,15 @@ class LoginManager:
             client = self.clients.get(session.provider)
             if client is not None:
                 landing = client.config.post_logout_redirect_uri or self.public_url + "/"
+                state = random_token(16)
                 try:
                     url = await client.end_session_url(id_token_hint=session.id_token,
-                                                       post_logout_redirect_uri=landing)
-                except OIDCError:
+                                                       post_logout_redirect_uri=landing, state=state)
+                except ProviderError:
                     url = None
                 if url:
                     at = urlsplit(landing).path or "/"
-                    note = json.dumps({"rd": target, "at": at}).encode()
+                    note = json.dumps({"rd": target, "at": at, "s": state}).encode()
                     value = self.state_codec.encode(self.signed_out_cookie, note, SIGNED_OUT_TTL)
                     return Redirect(url, reason="signed out", cookies=ops + (
                         CookieOp(self.signed_out_cookie, value, SIGNED_OUT_TTL),)), session
@@ -413,8 +456,11 @@ class LoginManager:
             return Redirect(target, reason="signed out", cookies=ops), session
         return _signed_out_page(ops), session
 
-    def landing(self, cookies: Mapping[str, str], path: str) -> Optional[Answer]:
-        """Back from the provider's sign-out at its landing path: on to ``rd``, or the "signed out" page."""
+    def landing(self, cookies: Mapping[str, str], path: str, query: str = "") -> Optional[Answer]:
+        """Back from the provider's sign-out at its landing path: on to ``rd``, or the "signed out" page.
+
+        A ``state`` the provider echoes must be the one sent (some providers echo none).
+        """
         value = cookies.get(self.signed_out_cookie)
         if value is None:
             return None
@@ -424,6 +470,9 @@ class LoginManager:
         except ValueError:
             note = None
         if not isinstance(note, dict) or note.get("at") != path:
+            return None
+        echoed = parse_qs(query).get("state") if query else None
+        if echoed and not _consteq(echoed[0], str(note.get("s", ""))):
             return None
         done = (CookieOp(self.signed_out_cookie),)
         rd = note.get("rd")

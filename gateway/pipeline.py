@@ -195,7 +195,7 @@ def route(acc: Accepted, runtime: "Runtime", *, host: Optional[str] = None, path
         return Refusal(400, f"bad path: {exc}")
     login = runtime.login
     if (landing and login is not None and method in BODILESS and login.signed_out_cookie in head.headers.get("Cookie", "")):
-        back = login.landing(head.cookies, normal)  # back from the provider's sign-out
+        back = login.landing(head.cookies, normal, head.query)  # back from the provider's sign-out
         if back is not None:
             return back
     if normal == OWN_PREFIX or normal.startswith(OWN_PREFIX + "/"):

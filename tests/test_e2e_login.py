@@ -436,9 +436,12 @@ def test_sign_out_with_rd_sends_the_registered_uri_and_lands_on_rd(env: Env, ctx
 
 def test_sign_out_without_rd_ends_on_a_signed_out_page(env: Env, ctx: Any, page: Any) -> None:
     sign_in_at(env, page, "/app/x")
-    page.goto(env.url + "/oauth2/sign_out")
-    page.wait_for_url(env.url + "/")
+    with RequestLog(page.context) as log:
+        page.goto(env.url + "/oauth2/sign_out")
+        page.wait_for_url(lambda u: u.startswith(env.url + "/") and urllib.parse.urlsplit(u).path == "/")
     assert page.title().startswith("Signed out")
+    end = log.query_of(env.idp.issuer + "/session/end?")
+    assert len(end.get("state", "")) >= 16, "the sign-out request always carries a state"
     assert page.get_by_role("link", name="Sign in again").get_attribute("href") == "/oauth2/start?rd=%2F"
     assert not [n for n in cookies(ctx, env.url) if is_gateway_cookie(n)]
     # a second visit to / is the site again, not the page

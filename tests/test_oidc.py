@@ -1,4 +1,4 @@
-"""gateway.oidc against real providers on loopback, over real HTTP.
+"""gateway.providers.oidc against real providers on loopback, over real HTTP.
 
 The development provider (``gateway.devidp``) runs in-process on 127.0.0.1 and
 is driven the way a browser would: GET the authorize page, POST its form with
@@ -32,8 +32,8 @@ from gateway.devidp import (AuthorizeHandler, DevIdentityProvider, DiscoveryHand
                             TokenHandler, UserInfoHandler)
 from gateway.discovery import DiscoveryCache
 from gateway.jwks import JWKSRegistry, KeysUnavailable
-from gateway.oidc import (KEPT_CLAIMS, InvalidGrant, OIDCClient, OIDCError, ProviderUnavailable, TokenSet,
-                          new_pkce, random_token)
+from gateway.providers import (KEPT_CLAIMS, InvalidGrant, OIDCClient, ProviderError, ProviderUnavailable, TokenSet,
+                               new_pkce, random_token)
 from gateway.tokens import TokenVerifier
 
 pytestmark = pytest.mark.timeout(15)
@@ -229,11 +229,11 @@ class CodeFlowTest(DevProviderTestCase):
         claims = await self.client.validate_id_token(tokens.id_token, nonce=login.nonce,
                                                      access_token=tokens.access_token)
         self.assertEqual((claims["sub"], claims["iss"]), ("u-alice", self.issuer))
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.validate_id_token(tokens.id_token, nonce="another-nonce")
         self.assertEqual(caught.exception.reason, "id_token_nonce")
         self.assertTrue(caught.exception.description.startswith("invalid id_token"))
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.validate_id_token(tokens.id_token, nonce=login.nonce, access_token="not-it")
         self.assertEqual(caught.exception.reason, "id_token_at_hash")
 
@@ -276,7 +276,7 @@ class CodeFlowTest(DevProviderTestCase):
     async def test_code_replay_is_invalid_grant(self):
         login = await self.sign_in()
         await self.client.exchange_code(login.code, login.verifier)
-        with self.assertLogs("gateway.oidc", logging.WARNING) as logs:
+        with self.assertLogs("gateway.providers", logging.WARNING) as logs:
             with self.assertRaises(InvalidGrant):
                 await self.client.exchange_code(login.code, login.verifier)
         text = "\n".join(logs.output)
@@ -295,8 +295,8 @@ class CodeFlowTest(DevProviderTestCase):
     async def test_wrong_client_secret_is_an_error_with_the_providers_code(self):
         client = self.make_client(client_secret="not-the-secret")
         login = await self.sign_in(client)
-        with self.assertLogs("gateway.oidc", logging.WARNING) as logs:
-            with self.assertRaises(OIDCError) as caught:
+        with self.assertLogs("gateway.providers", logging.WARNING) as logs:
+            with self.assertRaises(ProviderError) as caught:
                 await client.exchange_code(login.code, login.verifier)
         self.assertNotIsInstance(caught.exception, (InvalidGrant, ProviderUnavailable))
         self.assertEqual(caught.exception.reason, "invalid_client")
@@ -311,7 +311,7 @@ class CodeFlowTest(DevProviderTestCase):
         self.assertIs(metadata["authorization_response_iss_parameter_supported"], True)
         self.client.check_authorization_response_iss(login.iss, metadata)
         for bad in (None, "https://evil.example", self.issuer + "/"):
-            with self.assertRaises(OIDCError) as caught:
+            with self.assertRaises(ProviderError) as caught:
                 self.client.check_authorization_response_iss(bad, metadata)
             self.assertEqual(caught.exception.description, "issuer mismatch")
         # Not advertised: may be absent, but when present it must still be the issuer.
@@ -319,7 +319,7 @@ class CodeFlowTest(DevProviderTestCase):
         del quiet["authorization_response_iss_parameter_supported"]
         self.client.check_authorization_response_iss(None, quiet)
         self.client.check_authorization_response_iss(self.issuer, quiet)
-        with self.assertRaises(OIDCError):
+        with self.assertRaises(ProviderError):
             self.client.check_authorization_response_iss("https://evil.example", quiet)
 
     @gen_test(timeout=5)
@@ -334,11 +334,11 @@ class CodeFlowTest(DevProviderTestCase):
         self.assertEqual(user.claims["email_verified"], True)
         self.assertEqual(await self.client.userinfo(tokens.access_token) is not None, True)
 
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.user_claims(dict(thin, sub="u-mallory"), tokens.access_token)
         self.assertEqual(caught.exception.reason, "userinfo_sub_mismatch")
 
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.userinfo("not-a-token")
         self.assertEqual(caught.exception.reason, "userinfo_refused")
 
@@ -412,7 +412,7 @@ class DiscoveryVariantsTest(DevProviderTestCase):
     @gen_test(timeout=5)
     async def test_no_usable_client_auth(self):
         self.idp.overrides["token_endpoint_auth_methods_supported"] = ["private_key_jwt"]
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.exchange_code("c", "v" * 43)
         self.assertEqual(caught.exception.reason, "unsupported_client_auth")
         self.assertEqual(self.idp.token_auth, [])
@@ -420,7 +420,7 @@ class DiscoveryVariantsTest(DevProviderTestCase):
     @gen_test(timeout=5)
     async def test_refuses_provider_without_s256(self):
         self.idp.overrides["code_challenge_methods_supported"] = ["plain"]
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.authorization_url(state="s", nonce="n", code_challenge="c")
         self.assertEqual(caught.exception.reason, "pkce_unsupported")
 
@@ -536,7 +536,7 @@ class IdTokenChecksTest(AsyncTestCase):
         return {k: v for k, v in claims.items() if v is not None}
 
     async def refused(self, token: str, reason: str, nonce: Optional[str] = "n-1", **kwargs: Any) -> None:
-        with self.assertRaises(OIDCError) as caught:
+        with self.assertRaises(ProviderError) as caught:
             await self.client.validate_id_token(token, nonce=nonce, **kwargs)
         self.assertNotIsInstance(caught.exception, ProviderUnavailable)
         self.assertEqual(caught.exception.reason, reason)

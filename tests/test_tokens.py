@@ -258,7 +258,7 @@ class ValidTokensTest(VerifierTestCase):
     async def test_discovery_issuer_mismatch_is_refused(self):
         self.idp.discovery_issuer = "https://someone-else.example"
         verifier = self.verifier(self.jwks_issuer(jwks_uri=None))
-        with ExpectLog("gateway.jwks", ".*names issuer 'https://someone-else.example'.*no signing keys yet"):
+        with ExpectLog("gateway.jwks", ".*discovery says 'https://someone-else.example'.*no signing keys yet"):
             error = await self.refused(verifier, self.rsa.sign(self.claims()))
         assert error.reason == "keys_unavailable"
         assert self.idp.jwks_fetches == 0
