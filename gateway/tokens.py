@@ -363,6 +363,12 @@ class TokenVerifier:
             raise _error("unknown issuer", "unknown_issuer")
         if alg not in issuer.algorithms:
             raise _error("algorithm not allowed", "bad_algorithm")
+        if "nonce" in unverified or "at_hash" in unverified:
+            # An ID token proves a sign-in to its client; it is no access token (RFC 8725 3.11, RFC 9068 4).
+            raise _error("an ID token is not an access token", "id_token")
+        wanted = issuer.config.require_typ
+        if wanted and not _typ_is(header.get("typ"), wanted):
+            raise _error(f"token typ must be {wanted}", "bad_typ")
 
         if issuer.jwks is not None:
             # Only the kid is read from the header; jku/x5u/jwk/x5c are ignored.
@@ -464,3 +470,13 @@ class TokenVerifier:
             source="token",
             expires_at=float(payload["exp"]),  # checked to be a finite number before
         )
+
+
+def _typ_is(found: Any, wanted: str) -> bool:
+    """JOSE ``typ`` comparison: case-insensitive, ``application/`` optional (RFC 7515 4.1.9)."""
+    if not isinstance(found, str):
+        return False
+    def bare(text: str) -> str:
+        text = text.lower()
+        return text[len("application/"):] if text.startswith("application/") else text
+    return bare(found) == bare(wanted)

@@ -17,6 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.testing import AsyncTestCase, ExpectLog, gen_test
 
 from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
+from tests.support.tokens import make_token
 from gateway.config import ConfigError, TokenIssuerConfig, loads
 from gateway.models import AuthError
 from gateway.tokens import TokenVerifier, bearer_from_header
@@ -356,6 +357,26 @@ class AudienceIssuerTest(VerifierTestCase):
 
 
 class AttacksTest(VerifierTestCase):
+    @gen_test(timeout=5)
+    async def test_an_id_token_is_not_a_bearer_token(self):
+        """RFC 8725 3.11: where ID and access tokens share aud, nonce or at_hash gives an ID token away."""
+        verifier = self.verifier(self.jwks_issuer(), self.hmac_issuer())
+        for extra in ({"nonce": "n-1"}, {"at_hash": "x4Rk0eQ4Z2u1bJxQ"}, {"nonce": "n", "at_hash": "h"}):
+            for token in (self.rsa.sign(self.claims(**extra)),
+                          make_token({**self.claims(iss="ci-runner"), **extra})):
+                error = await self.refused(verifier, token)
+                assert (error.description, error.reason) == ("an ID token is not an access token", "id_token")
+        assert (await verifier.verify(self.rsa.sign(self.claims()))).sub == "user-1"
+
+    @gen_test(timeout=5)
+    async def test_require_typ_at_jwt(self):
+        verifier = self.verifier(self.jwks_issuer(require_typ="at+jwt"))
+        for typ in ("at+jwt", "AT+JWT", "application/at+jwt"):
+            assert (await verifier.verify(self.rsa.sign(self.claims(), headers={"typ": typ}))).sub == "user-1"
+        for headers in ({"typ": "JWT"}, {"typ": "jwt"}, {}, {"typ": 7}, {"typ": "at+jwt2"}):
+            error = await self.refused(verifier, self.rsa.sign(self.claims(), headers=headers))
+            assert (error.description, error.reason) == ("token typ must be at+jwt", "bad_typ")
+
     @gen_test(timeout=5)
     async def test_bad_signature(self):
         token = self.rsa.sign(self.claims())
