@@ -556,11 +556,13 @@ class FakeGitHub(EmulatorProcess):
         with OPENER.open(req, timeout=5):
             pass
 
-    def authorize(self, client_id: str, login: str, password: str, **params: str) -> str:
+    def authorize(self, client_id: str, login: str, password: str, *, client: Optional[FormClient] = None,
+                  **params: str) -> str:
         """Run the browser part of the web flow with plain HTTP (sign in, approve) and return
         the URL GitHub redirects to (with ``code``/``state`` or ``error``). ``params`` are the
-        authorize query parameters (redirect_uri, scope, state, code_challenge, ...)."""
-        call = FormClient(self.url).call
+        authorize query parameters (redirect_uri, scope, state, code_challenge, ...); pass the
+        same ``client`` (a FormClient) again to reuse its session cookie."""
+        call = (client or FormClient(self.url)).call
         status, location, text = call(f"{self.authorize_url}?" + urllib.parse.urlencode({"client_id": client_id, **params}))
         if location.startswith("/login"):
             _, _, form = call(location)
