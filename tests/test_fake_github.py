@@ -353,3 +353,35 @@ def test_expiring_tokens_refresh_and_rotate(tmp_path: Any) -> None:
         again = {**refresh, "refresh_token": new["refresh_token"]}
         assert json.loads(call(gh.token_url, again, {"Accept": "application/json"})[2])["error"] == "bad_refresh_token"
         assert gh.stats()["refresh_ok"] == 1
+
+
+# -- the pages in a real browser ----------------------------------------------------------------------
+
+
+def test_chromium_signs_in_and_authorizes(tmp_path: Any) -> None:
+    from tests.support.browser import chromium_browser, wait_for_chromium
+    from tests.support.fake_github import github_sign_in
+    from tests.support.upstream import Upstream
+
+    if wait_for_chromium(timeout=30) is None:
+        pytest.skip("/usr/bin/chromium is not installed")
+    up = Upstream("callback").start()
+    try:
+        callback = f"{up.url}/cb"
+        with start_fake_github(tmp_path, clients={"gateway": (SECRET, [callback])},
+                               users=[github_user("alice", "alice-pw")]) as gh, chromium_browser() as context:
+            page = context.new_page()
+            query = urllib.parse.urlencode({"client_id": "gateway", "redirect_uri": callback + "/x", "state": "st",
+                                            "scope": "read:org", "login": "alice",
+                                            "code_challenge": pkce_challenge(VERIFIER), "code_challenge_method": "S256"})
+            page.goto(f"{gh.authorize_url}?{query}")
+            assert page.input_value("#login_field") == "alice"  # the login hint
+            github_sign_in(page, "alice", "alice-pw")
+            page.wait_for_url(f"{callback}/x?*")
+            code = code_from(page.url)
+            assert "access_token" in exchange(gh, code, redirect_uri=callback + "/x")[2]
+            page.goto(f"{gh.authorize_url}?{query}")  # signed in, scopes granted: straight back
+            page.wait_for_url(f"{callback}/x?*")
+            assert gh.stats()["consent_page"] == 1 and gh.stats()["sign_in"] == 1
+    finally:
+        up.stop()

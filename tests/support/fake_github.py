@@ -41,8 +41,9 @@ REST API under ``/api/v3``: see tests/support/fake_github_api.py (``/user``,
 
 Counters (``stats()``): authorize, login_page, sign_in, sign_in_failed, consent_page,
 authorize_approved, authorize_denied, authorize_error:<error>, codes_issued,
-token_requests, token_ok, token_error:<error>, refresh_ok, pkce_verified,
-client_auth:basic, client_auth:post, api:<path>, api_401, api_403, api_404.
+token_requests, token_ok, token_error:<error> (token_error:pkce too when the verifier was
+wrong or missing), refresh_ok, pkce_verified, client_auth:basic, client_auth:post,
+api:<path>, api_authenticated, api_400, api_401, api_403, api_404.
 """
 
 from __future__ import annotations
@@ -616,7 +617,7 @@ def github_sign_in(page_: Any, login: str, password: str, *, authorize: bool = T
         page_.fill("#login_field", login)
         page_.fill("#password", password)
         page_.click("input[name=commit]")
-        page_.wait_for_load_state()
+        page_.wait_for_url(lambda url: "/session" not in url and "/login?" not in url)
     button = "#js-oauth-authorize-btn" if authorize else "#js-oauth-cancel-btn"
     if page_.locator(button).count():
         page_.click(button)
