@@ -26,7 +26,9 @@ Web flow, as GitHub documents it ("Authorizing OAuth apps"):
   ``#login_field``, ``#password``, submit ``input[name=commit]``), then shows the
   authorization page (``button#js-oauth-authorize-btn``, name ``authorize`` value ``1``;
   cancel is ``button#js-oauth-cancel-btn``, value ``0`` → ``error=access_denied``). A
-  signed-in user who already granted the scopes is redirected straight back, as on GitHub.
+  signed-in user who already granted the scopes is redirected straight back, as on GitHub;
+  without a ``scope`` parameter the token gets the scopes granted before (none at first),
+  with one it gets exactly those.
 * ``POST /login/oauth/access_token``: client_id/client_secret in the body or HTTP Basic,
   code (single use, 10 minutes), redirect_uri, code_verifier. Answers HTTP 200 always,
   ``application/x-www-form-urlencoded`` unless ``Accept`` asks for JSON or XML; errors carry
@@ -264,7 +266,9 @@ class AuthorizeHandler(_GitHub):
 
     def error_redirect(self, url: str, error: str, description: str, anchor: str, state: Optional[str]) -> None:
         self.state.count(f"authorize_error:{error}")
-        params = {"error": error, "error_description": description, "error_uri": AUTHZ_ERRORS_URI + "#" + anchor}
+        params = {"error": error, "error_description": description}
+        if anchor:
+            params["error_uri"] = AUTHZ_ERRORS_URI + "#" + anchor
         if state is not None:
             params["state"] = state
         self.redirect(add_query(url, params))
@@ -305,13 +309,13 @@ class AuthorizeHandler(_GitHub):
         self.state.count("consent_page")
         client = html.escape(req["client_id"])
         scopes = "".join(f"<li>{html.escape(s)}</li>" for s in req["scopes"]) or "<li>(no scope)</li>"
-        self.html_page(f"Authorize application", (
+        self.html_page("Authorize application", (
             f"<h1>Authorize {client}</h1><p>Signed in as <strong id=\"signed-in-as\">"
             f"{html.escape(user['login'])}</strong></p><ul id=\"scopes\">{scopes}</ul>"
-            f"<form method=\"post\" action=\"/login/oauth/authorize\">"
+            "<form method=\"post\" action=\"/login/oauth/authorize\">"
             f"{hidden_inputs({**args, 'authenticity_token': self.csrf_token()})}"
             "<button type=\"submit\" name=\"authorize\" value=\"0\" id=\"js-oauth-cancel-btn\">Cancel</button>"
-            f"<button type=\"submit\" name=\"authorize\" value=\"1\" id=\"js-oauth-authorize-btn\">"
+            "<button type=\"submit\" name=\"authorize\" value=\"1\" id=\"js-oauth-authorize-btn\">"
             f"Authorize {client}</button></form>"))
 
     def post(self) -> None:
