@@ -89,6 +89,8 @@ class LoginManager:
         }
         self._refreshing: dict[str, asyncio.Future] = {}
         self._retry: dict[str, tuple[float, float]] = {}  # session id -> (next refresh try, delay)
+        # Sessions whose refresh was refused: a browser replaying the old cookie costs no provider call.
+        self._ended: dict[str, None] = {}
         self._reachable: dict[str, tuple[float, bool]] = {}  # provider -> (valid until, reachable)
 
     async def start(self) -> None:
@@ -336,6 +338,8 @@ class LoginManager:
         A refused refresh ends the session; an unreachable provider is retried
         with backoff (not on every request) until the grace runs out.
         """
+        if session.id in self._ended:
+            return None, await self._clear(cookies)
         retry = self._retry.get(session.id)
         if retry is not None and self.clock() < retry[0]:
             if self._past_grace(session):
@@ -350,6 +354,10 @@ class LoginManager:
         try:
             outcome, renewed = await asyncio.shield(running)
             if renewed is None:
+                self._retry.pop(session.id, None)
+                if len(self._ended) >= MAX_RETRY_ENTRIES:
+                    self._ended.pop(next(iter(self._ended)))
+                self._ended[session.id] = None
                 return None, await self._clear(cookies)
             if outcome == "kept":
                 return renewed, ()
