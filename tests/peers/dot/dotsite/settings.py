@@ -63,8 +63,8 @@ DATABASES = {
     }
 }
 
-# Fast hashing: these are throw-away test users (and DOT hashes client secrets with it too).
-PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+# Fast hashing (dotsite/hashers.py): throw-away test users, and DOT hashes client secrets with it too.
+PASSWORD_HASHERS = ["dotsite.hashers.FastPBKDF2PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
