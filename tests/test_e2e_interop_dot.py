@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
