@@ -58,7 +58,7 @@ class GatewayHandler(web.RequestHandler):
         if reason:
             self.scope.reason = reason
         rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.request_id,
-                          secure=self.runtime.secure_cookies)
+                          secure=self.runtime.secure_cookies, domain=self.runtime.cookie_domain)
         self.clear()
         self.set_status(rendered.status, rendered.reason)
         seen = set()
@@ -260,14 +260,19 @@ class StartHandler(OAuthHandler):
         if login is None:
             return
         rd = self.get_argument("rd", "/")
+        # Sent on from a login route on another host (a handoff): that host's routes apply.
+        handoff_host, binding = self.get_argument("host", None), self.get_argument("b", None)
+        handoff = (handoff_host, binding) if handoff_host and binding else None
         route = None
         try:
-            match = self.runtime.routes.match(self.request.host, normalize_path(rd.partition("?")[0]), "GET")
+            match = self.runtime.routes.match(handoff_host if handoff else self.request.host,
+                                              normalize_path(rd.partition("?")[0]), "GET")
             route = match.route if isinstance(match, Match) and match.route.auth == "login" else None
         except BadPath:
             pass
         cookies = self.accepted.head.cookies
-        self.answer(await login.begin(route, cookies, rd=rd, provider=self.get_argument("provider", None)))
+        self.answer(await login.begin(route, cookies, rd=rd, provider=self.get_argument("provider", None),
+                                      host=self.request.host, handoff=handoff))
 
 
 class CallbackHandler(OAuthHandler):
@@ -278,6 +283,20 @@ class CallbackHandler(OAuthHandler):
         args = {key: values[0].decode("utf-8", "replace") for key, values in self.request.query_arguments.items()
                 if values}
         answer, user = await login.finish(args, self.accepted.head.cookies)
+        if user is not None:
+            self.scope.user = user
+        self.answer(answer)
+
+
+class HandoffHandler(OAuthHandler):
+    """The end of a sign-in that started on another host than public_url's (see LoginManager.begin)."""
+
+    async def get(self) -> None:
+        login = self.login()
+        if login is None:
+            return
+        answer, user = await login.take_handoff({"code": self.get_argument("code", "")},
+                                                self.accepted.head.cookies, self.request.host)
         if user is not None:
             self.scope.user = user
         self.answer(answer)
@@ -313,6 +332,6 @@ class ForwardAuthHandler(OAuthHandler):
 
 
 OWN_HANDLERS = {
-    "start": StartHandler, "callback": CallbackHandler, "sign_out": SignOutHandler,
+    "start": StartHandler, "callback": CallbackHandler, "handoff": HandoffHandler, "sign_out": SignOutHandler,
     "userinfo": UserInfoHandler, "auth": ForwardAuthHandler,
 }

@@ -21,6 +21,7 @@ holds more than ``MAX_PENDING_LOGINS`` of them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -33,6 +34,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from .answers import Answer, CookieOp, Cookies, Page, Redirect, Refusal
 from .config import AUTH_LOGIN, Config, RouteConfig
 from .redirects import safe_redirect_path
+from .routing import normalize_host
 from .discovery import DiscoveryCache
 from .jwks import JWKSRegistry
 from .models import Identity
@@ -46,6 +48,7 @@ UNAVAILABLE = "The sign-in service is not reachable right now. Try again in a mo
 log = logging.getLogger("gateway.login")
 
 LOGIN_STATE_TTL = 600.0
+HANDOFF_TTL = 60.0  # a sign-in handed from the public_url callback to another host must be taken this soon
 SIGNED_OUT_TTL = 600  # how long the round trip through the provider's sign-out may take
 MAX_PENDING_LOGINS = 3
 REFRESH_BEFORE = 60.0  # refresh this long before the access token expires
@@ -78,6 +81,10 @@ class LoginManager:
         self.cookie_name = session.cookie_name
         self.login_cookie_prefix = session.cookie_name + "_login_"
         self.signed_out_cookie = session.cookie_name + "_signed_out"  # carries rd across the provider's sign-out
+        self.handoff_cookie = session.cookie_name + "_handoff"  # binds a handoff to the browser that started it
+        self.public_host = normalize_host(urlsplit(self.public_url).netloc)
+        self.cookie_domain = session.cookie_domain
+        self._route_hosts = tuple(dict.fromkeys(r.host for r in config.routes if r.host))
         self.store: SessionStore = make_session_store(session)
         assert session.secret is not None
         self.state_codec = CookieCodec(session.secret, session.previous_secrets, purpose="login-state")
@@ -123,10 +130,46 @@ class LoginManager:
             return [p for p in route.providers if p in self.clients]
         return list(self.clients)
 
+    def needs_handoff(self, host: str) -> bool:
+        """A login on ``host`` cannot see cookies set at the public_url callback."""
+        host = normalize_host(host)
+        if not host or host == self.public_host:
+            return False
+        domain = self.cookie_domain
+        return not (domain and (host == domain[1:] or host.endswith(domain)))
+
+    def host_allowed(self, host: str) -> bool:
+        """Only hosts a route names (exactly or by its ``*.`` wildcard) may receive a handoff."""
+        host = normalize_host(host)
+        for pattern in self._route_hosts:
+            if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]) and host != pattern[2:]):
+                return True
+        return False
+
     async def begin(self, route: Optional[RouteConfig], cookies: Mapping[str, str], rd: str,
-                    provider: Optional[str] = None) -> Answer:
-        """Send the browser to its provider, or show the chooser when the route accepts several."""
+                    provider: Optional[str] = None, host: str = "",
+                    handoff: Optional[Tuple[str, str]] = None) -> Answer:
+        """Send the browser to its provider, or show the chooser when the route accepts several.
+
+        On a host whose cookies the callback cannot set (another host than
+        public_url's, not under ``cookie_domain``), the login first moves to
+        public_url's ``/oauth2/start`` with the host and a binding to this
+        browser; ``handoff`` is that (host, binding digest) arriving there.
+        """
         rd = safe_redirect_path(rd)
+        if handoff is None and self.needs_handoff(host):
+            if not self.host_allowed(host):
+                return Refusal(400, "login on a host no route names", description="Sign-in is not available here.")
+            binding = random_token(24)
+            value = self.state_codec.encode(self.handoff_cookie, binding.encode(), LOGIN_STATE_TTL)
+            params = {"rd": rd, "host": normalize_host(host), "b": _digest(binding)}
+            if provider is not None:
+                params["provider"] = provider
+            return Redirect(self.public_url + "/oauth2/start?" + urlencode(params), reason="login required (handoff)",
+                            cookies=(CookieOp(self.handoff_cookie, value, int(LOGIN_STATE_TTL)),))
+        if handoff is not None and (not self.host_allowed(handoff[0]) or not self.needs_handoff(handoff[0])
+                                    or len(handoff[1]) != 43):
+            return Refusal(400, "bad handoff host", description="Sign-in is not available for that site.")
         names = self.providers_for(route)
         if provider is not None:
             if provider not in names:
@@ -136,15 +179,17 @@ class LoginManager:
         if not names:
             return Refusal(500, "no provider for route")
         if len(names) > 1:
+            extra = {"host": handoff[0], "b": handoff[1]} if handoff else {}
             choices = [
-                {"url": "/oauth2/start?" + urlencode({"rd": rd, "provider": n}),
+                {"url": "/oauth2/start?" + urlencode({"rd": rd, "provider": n, **extra}),
                  "label": self.config.providers[n].display_name or n}
                 for n in names
             ]
             return Page("chooser.html", {"title": "Sign in", "providers": choices}, reason="login required (chooser)")
-        return await self._redirect_to_provider(names[0], rd, cookies)
+        return await self._redirect_to_provider(names[0], rd, cookies, handoff)
 
-    async def _redirect_to_provider(self, name: str, rd: str, cookies: Mapping[str, str]) -> Answer:
+    async def _redirect_to_provider(self, name: str, rd: str, cookies: Mapping[str, str],
+                                    handoff: Optional[Tuple[str, str]] = None) -> Answer:
         client = self.clients[name]
         state = random_token(24)
         nonce = random_token(24)
@@ -159,8 +204,10 @@ class LoginManager:
         except ProviderError as exc:
             return Refusal(502, f"provider {name}: {exc.reason}", description=exc.description)
         cookie = self.login_cookie_prefix + _state_id(state)
-        payload = json.dumps({"s": state, "v": verifier, "n": nonce, "rd": rd, "p": name, "t": self.clock()}).encode()
-        value = self.state_codec.encode(cookie, payload, LOGIN_STATE_TTL)
+        pending = {"s": state, "v": verifier, "n": nonce, "rd": rd, "p": name, "t": self.clock()}
+        if handoff is not None:
+            pending["h"], pending["b"] = handoff
+        value = self.state_codec.encode(cookie, json.dumps(pending).encode(), LOGIN_STATE_TTL)
         ops = self._evict_pending(cookies) + (CookieOp(cookie, value, int(LOGIN_STATE_TTL)),)
         return Redirect(url, reason="login required", cookies=ops)
 
@@ -269,6 +316,8 @@ class LoginManager:
             access_expires_at=tokens.expires_at, access_issued_at=now, created_at=now,
             expires_at=now + self.config.session.lifetime,
         )
+        if pending.get("h"):
+            return await self._hand_over(session, pending, used), session.sub
         try:
             saved = await self._save(session, cookies)
         except SessionStoreError as exc:
@@ -277,6 +326,53 @@ class LoginManager:
                            retry_label="Try again"), None
         log.info("signed in %s via %s", session.sub, client.name)
         return Redirect(safe_redirect_path(pending["rd"]), cookies=used + saved), session.sub
+
+    async def _hand_over(self, session: Session, pending: dict, used: Cookies) -> Answer:
+        """Keep the new session for its host under a single-use code; the browser carries only the code."""
+        code = random_token(32)
+        note = json.dumps({"session": session.to_dict(), "h": pending["h"], "b": pending["b"], "rd": pending["rd"]})
+        try:
+            await self.store.put_handoff(code, self.state_codec.encode("handoff", note.encode(), HANDOFF_TTL).encode(),
+                                         HANDOFF_TTL)
+        except SessionStoreError as exc:
+            log.error("cannot store the sign-in handoff of %s: %s", session.sub, exc)
+            return Refusal(503, "session store unavailable", cookies=used)
+        parts = urlsplit(self.public_url)
+        port = f":{parts.port}" if parts.port else ""
+        log.info("signed in %s via %s; handing over to %s", session.sub, session.provider, pending["h"])
+        return Redirect(f"{parts.scheme}://{pending['h']}{port}/oauth2/handoff?" + urlencode({"code": code}),
+                        reason="signed in (handoff)", cookies=used)
+
+    async def take_handoff(self, args: Mapping[str, str], cookies: Mapping[str, str],
+                           host: str) -> Tuple[Answer, Optional[str]]:
+        """/oauth2/handoff on the host where the login started: the session becomes this host's cookie."""
+        again = {"retry_url": "/oauth2/start?rd=%2F", "retry_label": "Sign in again"}
+        done: Cookies = (CookieOp(self.handoff_cookie),) if self.handoff_cookie in cookies else ()
+        code = args.get("code") or ""
+        raw = await self.store.take_handoff(code) if 20 <= len(code) <= 100 else None
+        note = self.state_codec.decode("handoff", raw.decode("ascii", "replace")) if raw else None
+        if note is None:
+            return Refusal(400, "handoff unknown, used or expired",
+                           description="This sign-in link has expired or was already used.", cookies=done,
+                           **again), None
+        try:
+            data = json.loads(note)
+            session = Session.from_dict(data["session"])
+        except (ValueError, KeyError, TypeError):
+            return Refusal(400, "handoff unreadable", cookies=done, **again), None
+        value = cookies.get(self.handoff_cookie)
+        binding = self.state_codec.decode(self.handoff_cookie, value) if value else None
+        if data.get("h") != normalize_host(host) or binding is None or not _consteq(
+                _digest(binding.decode("ascii", "replace")), str(data.get("b", ""))):
+            log.warning("sign-in handoff for %s refused: another browser or host", session.sub)
+            return Refusal(400, "handoff from another browser or host",
+                           description="This sign-in link belongs to another browser.", cookies=done, **again), None
+        try:
+            saved = await self._save(session, cookies)
+        except SessionStoreError as exc:
+            log.error("cannot store the session of %s: %s", session.sub, exc)
+            return Refusal(503, "session store unavailable", cookies=done), None
+        return Redirect(safe_redirect_path(data.get("rd", "/")), reason="signed in", cookies=done + saved), session.sub
 
     def _pending(self, cookies: Mapping[str, str], state: str) -> Optional[dict]:
         name = self.login_cookie_prefix + _state_id(state)
@@ -501,6 +597,11 @@ def _ops(update: CookieUpdate) -> Cookies:
 def _state_id(state: str) -> str:
     """A short, cookie-name-safe id derived from the state (the state itself is not a name)."""
     return hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _digest(binding: str) -> str:
+    """What travels in URLs instead of a browser's binding: its SHA-256, base64url (43 characters)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(binding.encode()).digest()).rstrip(b"=").decode()
 
 
 def _consteq(a: str, b: str) -> bool:

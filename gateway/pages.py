@@ -64,7 +64,7 @@ class Rendered:
     body: bytes
 
 
-def set_cookie_header(op: CookieOp, secure: bool) -> str:
+def set_cookie_header(op: CookieOp, secure: bool, domain: str = "") -> str:
     morsel: "Morsel[str]" = Morsel()
     if op.value is None:
         morsel.set(op.name, "", '""')
@@ -75,6 +75,8 @@ def set_cookie_header(op: CookieOp, secure: bool) -> str:
         morsel["max-age"] = str(int(op.max_age))
         morsel["expires"] = email.utils.formatdate(time.time() + int(op.max_age), usegmt=True)
     morsel["path"] = "/"
+    if domain:  # session.cookie_domain: one sign-in for every host under it
+        morsel["domain"] = domain
     morsel["httponly"] = True
     morsel["samesite"] = "Lax"
     if secure:
@@ -97,7 +99,7 @@ def error_body(refusal: Refusal, browser: bool, request_id: str) -> Tuple[str, b
     return "text/html; charset=utf-8", page
 
 
-def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = False) -> Rendered:
+def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = False, domain: str = "") -> Rendered:
     """Status line, headers (``Set-Cookie`` included) and body of one answer."""
     headers: List[Tuple[str, str]] = []
     body = b""
@@ -120,7 +122,7 @@ def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = Fal
     headers.append(("X-Request-Id", request_id))
     headers.append(("Content-Length", str(len(body))))
     for op in answer.cookies:
-        headers.append(("Set-Cookie", set_cookie_header(op, secure)))
+        headers.append(("Set-Cookie", set_cookie_header(op, secure, domain)))
     status = answer.status
     return Rendered(status, httputil.responses.get(status, "Unknown"), headers, body)
 

@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("gateway")
 
 OWN_PREFIX = "/oauth2"
-OWN_ENDPOINTS = frozenset({"start", "callback", "sign_out", "userinfo", "auth"})
+OWN_ENDPOINTS = frozenset({"start", "callback", "handoff", "sign_out", "userinfo", "auth"})
 BODILESS = frozenset({"GET", "HEAD"})
 SHUTDOWN = Refusal(503, "cut by shutdown", headers=(("Connection", "close"), ("Retry-After", "1")))
 
@@ -277,7 +277,7 @@ async def unauthenticated(acc: Accepted, route: RouteConfig, runtime: "Runtime",
     login = runtime.login
     if (login is not None and redirect and route.auth == AUTH_LOGIN and head.method in BODILESS
             and is_browser(head.headers)):
-        return await login.begin(route, head.cookies, rd=head.uri)
+        return await login.begin(route, head.cookies, rd=head.uri, host=head.host)
     return NO_CREDENTIALS
 
 
@@ -311,7 +311,8 @@ def exchange_for(admitted: Admitted, sink: Any, clients: Any, runtime: "Runtime"
         headers=plan.headers, content_length=plan.content_length, has_body=plan.has_body,
         preserve_host=plan.preserve_host, timeout=plan.timeout, connect_timeout=plan.connect_timeout,
         own_cookie=plan.own_cookie,
-        set_cookies=tuple(set_cookie_header(op, runtime.secure_cookies) for op in admitted.cookies),
+        set_cookies=tuple(set_cookie_header(op, runtime.secure_cookies, runtime.cookie_domain)
+                          for op in admitted.cookies),
     )
 
 

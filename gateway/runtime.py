@@ -42,6 +42,7 @@ class Runtime:
             self.login = LoginManager(config, http_client, self.jwks, self.discovery)
         # Cookies get Secure when browsers reach the gateway over https (public_url)
         self.secure_cookies = self.login is not None and self.login.secure
+        self.cookie_domain = config.session.cookie_domain if self.login is not None else ""
         self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None)
 
     async def start(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from urllib.parse import urlsplit
 from typing import Mapping, Optional, Tuple
 
 from yaml.nodes import MappingNode, Node
@@ -151,4 +152,15 @@ def _warnings(src: Source, config: Config, items: dict) -> list[str]:
         warn(line, f"browser login while listening on {server.listen[0]} without server.public_url: the "
                    f"redirect URI becomes {server.public_url}/oauth2/callback, which browsers elsewhere cannot "
                    "reach; set server.public_url to the address people use")
+    session = config.session
+    if (config.providers and isinstance(server, ServerConfig) and session.store == "cookie"
+            and server.workers != 1 and isinstance(config.routes, tuple)):
+        public_host = (urlsplit(server.public_url).hostname or "").lower()
+        domain = session.cookie_domain
+        foreign = [r for r in config.routes if r.auth == "login" and r.host and r.host != public_host
+                   and not (domain and (r.host == domain[1:] or r.host.endswith(domain)))]
+        if foreign:
+            warn(foreign[0].line, f'route "{foreign[0].name}" logs in on host {foreign[0].host}, which is handed '
+                                  "its session from public_url's callback; with several workers that handoff "
+                                  "needs session.store: redis:// (or set session.cookie_domain)")
     return [text for _, text in sorted(found, key=lambda item: item[0])]

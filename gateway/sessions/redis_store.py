@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import secrets
 import time
@@ -87,6 +88,10 @@ class RedisSessionStore(SessionStore):
     @staticmethod
     def lock_key(session_id: str) -> str:
         return f"{REDIS_KEY_PREFIX}lock:{session_id}"
+
+    @staticmethod
+    def handoff_key(key: str) -> str:
+        return f"{REDIS_KEY_PREFIX}handoff:{hashlib.sha256(key.encode()).hexdigest()}"
 
     @staticmethod
     def used_key(key: str) -> str:
@@ -234,6 +239,21 @@ class RedisSessionStore(SessionStore):
             log.warning("could not record a one-time marker in %s: %s", self._safe_url, self._describe(exc))
             return False
         return bool(first)
+
+    async def put_handoff(self, key: str, payload: bytes, ttl: float) -> None:
+        try:
+            await self._redis.set(self.handoff_key(key), payload, px=max(1, math.ceil(ttl * 1000)))
+        except Exception as exc:
+            raise SessionStoreError(f"cannot store a sign-in handoff in {self._safe_url}: {self._describe(exc)}") from None
+
+    async def take_handoff(self, key: str) -> Optional[bytes]:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:  # read and delete at once: single use
+                value, _ = await pipe.get(self.handoff_key(key)).delete(self.handoff_key(key)).execute()
+        except Exception as exc:
+            log.warning("could not read a sign-in handoff from %s: %s", self._safe_url, self._describe(exc))
+            return None
+        return value if isinstance(value, bytes) else None
 
     async def close(self) -> None:
         await self._redis.aclose()

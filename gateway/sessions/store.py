@@ -74,6 +74,14 @@ class SessionStore(ABC):
         """One-time marker: True the first time ``key`` is seen within ``ttl``, False after."""
 
     @abstractmethod
+    async def put_handoff(self, key: str, payload: bytes, ttl: float) -> None:
+        """Keep ``payload`` (already encrypted) for one ``take_handoff`` within ``ttl`` seconds."""
+
+    @abstractmethod
+    async def take_handoff(self, key: str) -> Optional[bytes]:
+        """The payload put under ``key``, once: a second take, or one after ``ttl``, gets None."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Release connections."""
 
@@ -138,6 +146,8 @@ class CookieSessionStore(SessionStore):
         self._codec = CookieCodec(secret, config.previous_secrets, "session", clock)
         self._locks = _ExpiringMarkers(clock, self.LOCK_CAP)
         self._used = _ExpiringMarkers(clock, self.MARKER_CAP)
+        # Sign-in handoffs to other hosts: in this process only (several processes need Redis).
+        self._handoffs: "OrderedDict[str, Tuple[float, bytes]]" = OrderedDict()
 
     async def load(self, cookies: Mapping[str, str]) -> Optional[Session]:
         token = read_chunked(self.cookie_name, cookies)
@@ -192,6 +202,18 @@ class CookieSessionStore(SessionStore):
 
     async def mark_used(self, key: str, ttl: float) -> bool:
         return self._used.add(key, ttl)
+
+    async def put_handoff(self, key: str, payload: bytes, ttl: float) -> None:
+        now = self._clock()
+        while self._handoffs and (len(self._handoffs) >= self.MARKER_CAP or next(iter(self._handoffs.values()))[0] <= now):
+            self._handoffs.popitem(last=False)
+        self._handoffs[key] = (now + ttl, payload)
+
+    async def take_handoff(self, key: str) -> Optional[bytes]:
+        entry = self._handoffs.pop(key, None)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        return entry[1]
 
     async def close(self) -> None:
         pass
