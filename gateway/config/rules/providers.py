@@ -113,7 +113,7 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         if "openid" not in values.get("scopes", DEFAULT_SCOPES):
             src.error(items["scopes"][1] if "scopes" in items else key_node, f'{where}: scopes must include "openid"')
             ok = False
-    else:
+    elif kind == "oauth2":
         for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
             if not values.get(key) and key not in items:
                 src.error(key_node, f"{where}: {key} is required for type: oauth2")
