@@ -92,11 +92,6 @@ def user_claims(config: ProviderConfig, document: Mapping[str, Any], *, keep: It
         log.warning("provider %s: its answer has no %r, which identifies the user", config.name, source)
         raise ProviderError(f"The identity provider did not say who signed in (no {source!r} in its answer).",
                             "no_subject")
-    user = text_id(claims.claim(dict(document), config.user_claim)) if config.user_claim != "sub" else sub
-    if user is None:
-        log.warning("provider %s: its answer has no %r (user_claim)", config.name, config.user_claim)
-        raise ProviderError(f"The identity provider did not say who signed in (no {config.user_claim!r}).",
-                            "no_user_claim")
     email = claims.string(document.get("email"))
     verified = claims.email_verified(document.get("email_verified"))
     if email is not None and verified is None and config.email_verified_by_provider:
@@ -104,6 +99,16 @@ def user_claims(config: ProviderConfig, document: Mapping[str, Any], *, keep: It
     if email is not None and verified is False and not config.allow_unverified_email:
         log.info("provider %s: ignoring the unverified email of %s", config.name, sub)
         email = None
+    if config.user_claim == "sub":
+        user: Optional[str] = sub
+    elif config.user_claim == "email":
+        user = email  # an unverified email is no identity, so not the user either
+    else:
+        user = text_id(claims.claim(dict(document), config.user_claim))
+    if user is None:
+        log.warning("provider %s: its answer has no %r (user_claim)", config.name, config.user_claim)
+        raise ProviderError(f"The identity provider did not say who signed in (no {config.user_claim!r}).",
+                            "no_user_claim")
     groups = claims.groups(claims.claim(dict(document), config.groups_claim))
     username = claims.string(document.get("preferred_username"))
 

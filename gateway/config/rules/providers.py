@@ -14,7 +14,7 @@ from yaml.nodes import Node
 from ..presets import PRESETS, resolve
 from ..schema import (DEFAULT_SCOPES, IDENTITY_FIELDS, PROVIDER_TYPES, TOKEN_AUTH_METHODS, ProviderConfig,
                       yaml_keys)
-from ..source import BAD, Source, hint, q
+from ..source import BAD, Source, hint, is_hostname, q
 
 KEYS = yaml_keys(ProviderConfig)
 _STRING_KEYS = ("type", "preset", "client_id", "client_secret", "groups_claim", "user_claim", "display_name",
@@ -85,6 +85,11 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         given["claims"] = claim_map(src, items["claims"][1], where)
     ok = not any(v is BAD for v in given.values())
     given = {k: v for k, v in given.items() if v is not BAD}
+    domain = given.get("domain")
+    if domain is not None and not is_hostname(domain.lower()):
+        src.error(items["domain"][1], f"{where}: domain must be a host name such as dev-123.okta.com, "
+                                      f"without https:// or a path (got {q(domain)})")
+        ok = False
 
     values: dict[str, Any] = {"name": name, "display_name": name}
     preset_name = given.get("preset")
@@ -113,7 +118,7 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         if "openid" not in values.get("scopes", DEFAULT_SCOPES):
             src.error(items["scopes"][1] if "scopes" in items else key_node, f'{where}: scopes must include "openid"')
             ok = False
-    else:
+    elif kind == "oauth2":
         for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint"):
             if not values.get(key) and key not in items:
                 src.error(key_node, f"{where}: {key} is required for type: oauth2")
