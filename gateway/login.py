@@ -170,6 +170,9 @@ class LoginManager:
         if handoff is not None and (not self.host_allowed(handoff[0]) or not self.needs_handoff(handoff[0])
                                     or len(handoff[1]) != 43):
             return Refusal(400, "bad handoff host", description="Sign-in is not available for that site.")
+        origin = normalize_host(host)
+        if handoff is None and origin and origin != self.public_host and self.host_allowed(origin):
+            handoff = (origin, "")  # under cookie_domain: no handoff, but rd is a path on this host
         names = self.providers_for(route)
         if provider is not None:
             if provider not in names:
@@ -316,16 +319,29 @@ class LoginManager:
             access_expires_at=tokens.expires_at, access_issued_at=now, created_at=now,
             expires_at=now + self.config.session.lifetime,
         )
-        if pending.get("h"):
+        if pending.get("h") and pending.get("b"):
             return await self._hand_over(session, pending, used), session.sub
         try:
             saved = await self._save(session, cookies)
+        except ValueError as exc:  # too large even for several cookies (thousands of groups)
+            log.error("the session of %s is too large to store: %s; use session.store: redis://", session.sub, exc)
+            return Refusal(502, "session too large", cookies=used,
+                           description="Your account has more groups or claims than a sign-in can hold here; "
+                                       "the administrator has been told why (in the log)."), None
         except SessionStoreError as exc:
             log.error("cannot store the session of %s: %s", session.sub, exc)
             return Refusal(503, "session store unavailable", cookies=used, retry_url=retry,
                            retry_label="Try again"), None
         log.info("signed in %s via %s", session.sub, client.name)
-        return Redirect(safe_redirect_path(pending["rd"]), cookies=used + saved), session.sub
+        return Redirect(self._on_origin(pending.get("h"), pending["rd"]), cookies=used + saved), session.sub
+
+    def _on_origin(self, host: Optional[str], rd: str) -> str:
+        """``rd`` on the host where the login started (public_url's scheme and port)."""
+        rd = safe_redirect_path(rd)
+        if not host or not self.host_allowed(host):
+            return rd
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{host}{':%d' % parts.port if parts.port else ''}{rd}"
 
     async def _hand_over(self, session: Session, pending: dict, used: Cookies) -> Answer:
         """Keep the new session for its host under a single-use code; the browser carries only the code."""
@@ -337,10 +353,8 @@ class LoginManager:
         except SessionStoreError as exc:
             log.error("cannot store the sign-in handoff of %s: %s", session.sub, exc)
             return Refusal(503, "session store unavailable", cookies=used)
-        parts = urlsplit(self.public_url)
-        port = f":{parts.port}" if parts.port else ""
         log.info("signed in %s via %s; handing over to %s", session.sub, session.provider, pending["h"])
-        return Redirect(f"{parts.scheme}://{pending['h']}{port}/oauth2/handoff?" + urlencode({"code": code}),
+        return Redirect(self._on_origin(pending["h"], "/oauth2/handoff?" + urlencode({"code": code})),
                         reason="signed in (handoff)", cookies=used)
 
     async def take_handoff(self, args: Mapping[str, str], cookies: Mapping[str, str],
@@ -369,7 +383,7 @@ class LoginManager:
                            description="This sign-in link belongs to another browser.", cookies=done, **again), None
         try:
             saved = await self._save(session, cookies)
-        except SessionStoreError as exc:
+        except (SessionStoreError, ValueError) as exc:
             log.error("cannot store the session of %s: %s", session.sub, exc)
             return Refusal(503, "session store unavailable", cookies=done), None
         return Redirect(safe_redirect_path(data.get("rd", "/")), reason="signed in", cookies=done + saved), session.sub
