@@ -73,8 +73,8 @@ pytestmark = [
 
 COOKIE = "_gw"
 SCOPES = ["openid", "email", "profile", "groups"]
-# Glewlwyd accepts any access-token duration through its admin API (its webapp only refuses 0);
-# 1 s works, 3 s leaves a sign-in the time to reach the page before its token expires.
+# Glewlwyd's minimum access-token duration is 1 s (0 is refused: "must be a non null positive
+# integer"); 3 s leaves a sign-in the time to reach the page before its token expires.
 ACCESS_TTL = 3
 SPECIAL_SECRET = "a+b/c=d:e%f&g?h-0123456789-glewlwyd"  # every character that needs form-encoding
 PLAIN_SECRET = "plain-secret_0123456789.abcdefghij~"  # only characters form-encoding leaves alone
@@ -359,12 +359,17 @@ def test_short_lived_access_token_is_refreshed(env: Env, ctx: Any, page: Any) ->
 
 
 def test_revoked_user_cannot_refresh_and_the_session_ends(env: Env, ctx: Any, page: Any) -> None:
+    own = app_tokens(env, page, resource=None, user="bob", password=BOB_PW)  # an app's own refresh token
     sign_in_at(env, page, "/app/bob", "bob", BOB_PW)
     signed_in = time.monotonic()
     assert env.up.last("/app/bob")["headers"].get("X-Forwarded-Email") == "bob@example.test"
     cookie = session_cookie(ctx, env)
     try:
-        assert env.idp.revoke_user("bob") >= 1, "bob's refresh token, disabled at Glewlwyd"
+        assert env.idp.revoke_user("bob") >= 2, "bob's refresh tokens (the app's and the gateway's)"
+        # what Glewlwyd answers a refresh of a revoked token: 400 with an empty body
+        status, _, body = env.idp.token_request("gateway", {"grant_type": "refresh_token",
+                                                            "refresh_token": own["refresh_token"]})
+        assert (status, body) == (400, b"")
         sleep_past_expiry(signed_in)
 
         # Glewlwyd answers the refresh with 400 and an empty body: an API call gets 401, and

@@ -7,7 +7,7 @@ set -euo pipefail
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if command -v glewlwyd >/dev/null 2>&1 && [ -d /usr/share/glewlwyd/webapp ] \
-   && [ -f /usr/share/glewlwyd/scripts/init.sqlite3.sql ] && command -v sqlite3 >/dev/null 2>&1; then
+   && [ -f /usr/share/dbconfig-common/data/glewlwyd/install/sqlite3 ] && [ -f /usr/share/glewlwyd/templates/config.json ]; then
   exit 0
 fi
 
@@ -21,7 +21,7 @@ fi
 cleanup() { if [ "$created_policy" = 1 ]; then as_root rm -f "$policy"; fi; }
 trap cleanup EXIT
 
-echo "installing Debian packages: glewlwyd sqlite3"
+echo "installing Debian package: glewlwyd"
 as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
 DEBIAN_FRONTEND=noninteractive as_root apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-  --no-install-recommends glewlwyd sqlite3 >/dev/null
+  --no-install-recommends glewlwyd >/dev/null

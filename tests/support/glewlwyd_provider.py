@@ -6,23 +6,43 @@ webapp in a temp dir; it is stopped by its PID. Nothing of the system service is
 
 Set-up follows Glewlwyd's documentation (GETTING_STARTED.md, API.md, OIDC.md in
 /usr/share/doc/glewlwyd): the database is created with the package's sqlite3 init script (which
-ships the ``admin``/``password`` administrator and a ``database`` user backend), then everything
-else goes through the admin REST API, as the admin webapp does it: an API key for the
-administrator, the user backend's extra ``groups`` property, password-protected scopes, the OpenID
-Connect plugin (RS256 with a key generated here, PKCE allowed and required, refresh tokens, a short
-access-token duration, ``name``/``email``/``groups``/``preferred_username`` claims), the
-confidential client and the users.
+ships the ``admin``/``password`` administrator and ``database`` user and client backends), then
+everything else goes through the admin REST API, as the admin webapp does it: an API key for the
+administrator, an extra ``groups`` user property, scopes that need the user's password, the
+OpenID Connect plugin (RS256 with a key generated here, PKCE S256 allowed and required, refresh
+tokens, a short access-token duration, ``name``/``email``/``groups``/``preferred_username``
+claims, RFC 9207 ``iss``, RFC 8707 resources, RP-initiated logout), the confidential clients and
+the users.
+
+What Glewlwyd 2.7.5 does that the docs do not say (each is handled below, where it matters):
+
+- the package's ``webapp/config.json`` is a symlink to a directory, and the static file server
+  does not follow symlinks (the webapp's jquery, bootstrap and fonts are symlinks): copied;
+- it will not start without ``secure_connection_key_file``/``_pem_file``, even when
+  ``use_secure_connection = false``;
+- a user backend's new property needs ``PUT /api/mod/user/{name}/reset`` before users can have it;
+- ``end_session`` checks the client property ``post_logout_redirect_uris`` (plural) while the
+  admin webapp writes ``post_logout_redirect_uri``; and it sends the browser back to it only when
+  the request has a ``state``; its end-session prompt fails (400, blank page) unless
+  ``front-channel-logout-allowed``;
+- refresh-token management takes ``?impersonate=USER`` (OIDC.md says ``?username=``), with an
+  administrator's session cookie (not an API key);
+- a disabled user's refresh tokens keep working: :meth:`GlewlwydProvider.revoke_user` disables
+  them too; a refused refresh is a 400 with an empty body;
+- HTTP Basic client credentials are compared without the form-decoding RFC 6749 2.3.1 asks for;
+- the login webapp always ends on a "Continue" button, even with a session and a grant.
 
 Typical use::
 
-    with GlewlwydProvider(tmp_path, client_id="gateway", client_secret=SECRET,
-                          redirect_uris=[gw + "/oauth2/callback"],
-                          post_logout_redirect_uri=gw + "/oauth2/signed-out",
+    with GlewlwydProvider(tmp_path,
+                          clients=[glewlwyd_client("gateway", SECRET, [gw + "/oauth2/callback"],
+                                                   post_logout_redirect_uri=gw + "/")],
                           users=[glewlwyd_user("alice", "pw", groups=["ops"])],
-                          access_token_ttl=5) as idp:
-        idp.issuer                # "http://localhost:PORT/api/oidc"
-        sign_in(page, "alice", "pw")   # on the login page the gateway sent Chromium to
-        idp.revoke_user("alice")  # disabled through the admin API: the next refresh is refused
+                          access_token_ttl=3, resources=[gw + "/api"]) as idp:
+        idp.issuer                      # "http://localhost:PORT/api/oidc"
+        sign_in(page, "alice", "pw")    # on the login webapp the gateway sent Chromium to
+        confirm_sign_out(page)          # on the end-session prompt
+        idp.revoke_user("alice")        # disabled, refresh tokens disabled: the next refresh is refused
 
 The browser reaches Glewlwyd as ``http://localhost:PORT`` and the gateway as ``127.0.0.1``, so
 their cookies never mix.
@@ -56,8 +76,8 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "password"  # the default the init script ships (GETTING_STARTED.md)
 PLUGIN = "oidc"
 
-# Below 2 s the access token can be expired before the gateway has used it once; Glewlwyd itself
-# accepts any duration of at least 1 s (see the report of tests/test_e2e_interop_glewlwyd.py).
+# Glewlwyd's own default; its minimum is 1 s (the plugin refuses 0: "must be a non null positive
+# integer"), and ID tokens get the same lifetime.
 DEFAULT_ACCESS_TOKEN_TTL = 3600
 
 # never go through a proxy, whatever the environment says
@@ -490,8 +510,12 @@ static_files_mime_types = (
                  "boolean-value-true": "", "boolean-value-false": "", "mandatory": True, "on-demand": False,
                  "scope": []},
             ],
-            # RP-initiated logout: end_session_endpoint in the discovery document
+            # RFC 9207: iss in the authorization response
+            "oauth-as-iss-id": True,
+            # RP-initiated logout: end_session_endpoint in the discovery document; the webapp's
+            # end-session prompt needs front-channel logout allowed (else its session list is a 400)
             "session-management-allowed": True,
+            "front-channel-logout-allowed": True,
             # RFC 8707: the "resource" parameter becomes the access token's "aud" (without it, the
             # scope list is the "aud")
             "resource-allowed": bool(self.resources),
@@ -637,7 +661,7 @@ def _origin(url: str) -> str:
 # The OIDC plugin's parameters as the admin webapp fills them in for a new instance (admin.js of
 # the package), before the changes above. Keys the plugin needs that are left at their defaults.
 _OIDC_DEFAULTS: dict[str, Any] = {
-    "oauth-as-iss-id": True,  # RFC 9207 iss in the authorization response
+    "oauth-as-iss-id": False,
     "jwks-uri": "",
     "jwks-private": "",
     "default-kid": "",
@@ -680,8 +704,8 @@ _OIDC_DEFAULTS: dict[str, Any] = {
     "register-default-properties": {},
     "session-cookie-name": "GLEWLWYD2_OIDC_SID",
     "session-cookie-expiration": 2419200,
-    "front-channel-logout-allowed": True,  # else the end-session prompt of the webapp fails (400)
-    "back-channel-logout-allowed": False,
+    "front-channel-logout-allowed": True,
+    "back-channel-logout-allowed": True,
     "client-pubkey-parameter": "",
     "client-jwks-parameter": "jwks",
     "client-jwks_uri-parameter": "jwks_uri",
