@@ -220,6 +220,7 @@ class LLNGProvider:
             # no local session cache: a session an admin deletes is gone for the portal at once
             "localSessionStorage": "",
             "localSessionStorageOptions": {},
+            "tokenUseGlobalStorage": 1,  # the login form's one-time tokens: no local cache either
             "locationRules": {"localhost": {"default": "accept"}},
             "exportedHeaders": {},
             "groups": {},
@@ -292,7 +293,9 @@ events {{ worker_connections 128; }}
 http {{
   include /etc/nginx/mime.types;
   default_type application/octet-stream;
-  access_log {self.dir}/nginx-access.log;
+  # method, path (after the portal's rewrite to /index.psgi/...) and status: no query strings
+  log_format gw_test '$request_method $uri $status';
+  access_log {self.dir}/nginx-access.log gw_test;
   client_body_temp_path {tmp}/body;
   fastcgi_temp_path {tmp}/fastcgi;
   proxy_temp_path {tmp}/proxy;
@@ -399,17 +402,15 @@ http {{
         for proc in (self.nginx, self.fcgi):
             if proc is None or proc.poll() is not None:
                 continue
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown; FCGI::ProcManager: TERM to its workers
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                # the process was started in a session of its own (start_new_session): its
+                # group is exactly it and the workers it forked
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        # FCGI::ProcManager's workers are in the manager's own session (start_new_session):
-        # any left over after the manager is gone are ended through that session's group
-        if self.fcgi is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.fcgi.pid, signal.SIGKILL)
         if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -428,6 +429,31 @@ http {{
     def discovery(self, timeout: float = 10.0) -> dict:
         return self.get_json("/.well-known/openid-configuration", timeout)
 
+    def requests(self, path: Optional[str] = None) -> list[tuple[str, str, int]]:
+        """(method, path, status) of every request nginx has answered (for ``path`` only if given)."""
+        out = []
+        with contextlib.suppress(OSError):
+            for line in (self.dir / "nginx-access.log").read_text(errors="replace").splitlines():
+                parts = line.split(" ")
+                if len(parts) != 3 or not parts[2].isdigit():
+                    continue
+                method, uri, status = parts
+                if uri.startswith("/index.psgi/"):
+                    uri = uri[len("/index.psgi"):]
+                if path is None or uri == path:
+                    out.append((method, uri, int(status)))
+        return out
+
+    def token_requests(self, at_least: int = 0, timeout: float = 5.0) -> list[int]:
+        """The status of every token endpoint request so far, oldest first. nginx writes its log
+        line just after it answered: with ``at_least``, wait (up to ``timeout``) for that many."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [status for method, _, status in self.requests("/oauth2/token") if method == "POST"]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+            time.sleep(0.02)
+
     # -- administration --------------------------------------------------------------------
 
     def sessions_cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -443,20 +469,29 @@ http {{
         out = self.sessions_cli("search", "--where", where, "--id-only").stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
-    def revoke_user(self, login: str) -> dict:
+    def revoke_user(self, login: str, tokens: bool = True) -> dict:
         """End ``login``'s access the way an administrator does with LemonLDAP::NG's own
-        ``lemonldap-ng-sessions`` tool: delete the user's SSO sessions, then the OpenID Connect
-        refresh and access tokens tied to them. The next refresh with one of its refresh tokens
-        is refused. Returns what was deleted: {"sso": [...], "tokens": [...]}."""
+        ``lemonldap-ng-sessions`` tool: delete the user's SSO sessions and (``tokens``) the OpenID
+        Connect refresh and access tokens tied to them. Either way the next refresh is refused
+        with a 400: ``invalid_request`` when its refresh token is gone, ``invalid_grant`` when only
+        the SSO session it is tied to is. Returns what was deleted: {"sso": [...], "tokens": [...]}."""
         sso = self.session_ids(f"_user={login}")
-        tokens: list[str] = []
-        for sid in sso:
-            tokens += self.session_ids(f"user_session_id={sid}")
+        tied: list[str] = []
+        if tokens:
+            for sid in sso:
+                tied += self.session_ids(f"user_session_id={sid}")
         if sso:
             self.sessions_cli("delete", *sso)
-        if tokens:
-            self.sessions_cli("delete", *tokens)
-        return {"sso": sso, "tokens": tokens}
+        if tied:
+            self.sessions_cli("delete", *tied)
+        return {"sso": sso, "tokens": tied}
+
+    def log_text(self) -> str:
+        """What the portal has logged so far (LemonLDAP::NG's own log, on llng-fastcgi-server's stderr)."""
+        try:
+            return self.fcgi_log.read_text(errors="replace")
+        except OSError:
+            return ""
 
 
 @contextlib.contextmanager
