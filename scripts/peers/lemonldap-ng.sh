@@ -6,25 +6,20 @@ set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# lemonldap-ng: the portal, handler and manager (the manager ships lemonldap-ng-cli, which writes the
-#   test's configuration); lemonldap-ng-fastcgi-server: llng-fastcgi-server;
-# libapache-session-browseable-perl: the OIDC refresh-token sessions are searched by user (revocation);
+# lemonldap-ng: the portal, handler and manager, and the common library with lemonldap-ng-sessions
+#   (the admin tool the tests revoke users with); lemonldap-ng-fastcgi-server: llng-fastcgi-server;
 # libgd-securityimage-perl, libimage-magick-perl: the portal loads its captcha module at start-up
 #   even when no captcha is enabled, and that module uses GD::SecurityImage with ImageMagick;
 # libio-string-perl: the issuer modules (OpenID Connect among them) use IO::String;
-# libstring-random-perl, libcookie-baker-xs-perl, libhttp-parser-xs-perl: Recommends the portal uses
-#   when present (random strings; faster cookie and FastCGI request parsing);
+# libstring-random-perl: the OpenID Connect issuer module uses String::Random;
 # nginx-light: the web server in front of the FastCGI portal (scripts/test.sh installs it too).
 packages=(
   lemonldap-ng
   lemonldap-ng-fastcgi-server
-  libapache-session-browseable-perl
   libgd-securityimage-perl
   libimage-magick-perl
   libio-string-perl
   libstring-random-perl
-  libcookie-baker-xs-perl
-  libhttp-parser-xs-perl
   nginx-light
 )
 
