@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -48,7 +49,6 @@ from tests.support.llng_provider import (
     start_llng,
 )
 from tests.support.login_e2e import (
-    HTML_ACCEPT,
     RequestLog,
     api_get,
     cleared_cookies,
@@ -79,6 +79,11 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def is_gateway_cookie(name: str) -> bool:
     return name == COOKIE or name.startswith(COOKIE + "_")
+
+
+def is_session_cookie(name: str) -> bool:
+    """The session itself (or one of its chunks), not a pending login's state cookie."""
+    return name == COOKIE or re.fullmatch(re.escape(COOKIE) + r"_\d+", name) is not None
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -512,14 +517,16 @@ def test_special_secret_with_client_secret_basic_is_refused_by_the_portal(
                                     token_endpoint_auth_method="client_secret_basic"))
     base = env.url_of("basic")
     tokens_before = len(env.llng.token_requests())
-    page.goto(base + "/app/basic")
-    assert on_portal(env, page.url), page.url
-    sign_in(page, "dwho", "dwho")
-    page.wait_for_url(lambda u: u.startswith(base + "/oauth2/callback?"))
-    page.wait_for_load_state("load")
+    with RequestLog(ctx) as log:
+        page.goto(base + "/app/basic")
+        assert on_portal(env, page.url), page.url
+        sign_in(page, "dwho", "dwho")
+        page.wait_for_url(lambda u: u.startswith(base + "/oauth2/callback?"))
+        page.wait_for_load_state("load")
     assert env.llng.token_requests(tokens_before + 1)[tokens_before:] == [401]
+    assert len(log.matching(env.llng.url + "/oauth2/authorize?")) == 1, "no loop back to the portal"
     assert env.up.last("/app/basic") is None
-    assert not [n for n in cookies(ctx, base) if n == COOKIE or n.startswith(COOKIE + "_") and "login" not in n]
+    assert not [n for n in cookies(ctx, base) if is_session_cookie(n)], cookies(ctx, base)
     assert page.locator('a[href^="/oauth2/start?"]').count() >= 1, page.content()[:500]
     assert_loopback_only(ctx)
 
