@@ -383,11 +383,34 @@ BAD_PROVIDERS = [
             issuer: https://idp.example.com
             client_id: a
             client_secret: b
-            token_endpoint_auth_method: private_key_jwt
+            token_endpoint_auth_method: client_secret_jwt
         """,
         ['routes.yaml:8: provider "corp": token_endpoint_auth_method must be one of '
-         "client_secret_basic, client_secret_post"],
+         "client_secret_basic, client_secret_post, private_key_jwt"],
         id="bad-token-endpoint-auth-method",
+    ),
+    pytest.param(
+        """\
+          corp:
+            issuer: https://idp.example.com
+            client_id: a
+            token_endpoint_auth_method: private_key_jwt
+        """,
+        ['routes.yaml:4: provider "corp": token_endpoint_auth_method private_key_jwt needs client_private_key '
+         "(a PEM private key file)"],
+        id="private-key-jwt-without-a-key",
+    ),
+    pytest.param(
+        """\
+          corp:
+            issuer: https://idp.example.com
+            client_id: a
+            token_endpoint_auth_method: private_key_jwt
+            client_private_key: /nonexistent/client.pem
+        """,
+        ['routes.yaml:8: provider "corp": client_private_key file "/nonexistent/client.pem" cannot be read: '
+         "No such file or directory"],
+        id="private-key-jwt-missing-file",
     ),
     pytest.param(
         """\
@@ -546,7 +569,7 @@ def test_several_bad_providers_are_reported_together():
         'routes.yaml:15: provider "three": issuer is for type: oidc; a plain OAuth 2.0 provider has '
         "authorization_endpoint, token_endpoint and userinfo_endpoint",
         'routes.yaml:25: provider "four": token_endpoint_auth_method must be one of client_secret_basic, '
-        "client_secret_post",
+        "client_secret_post, private_key_jwt",
         'routes.yaml:26: unknown key "user" in provider "four": claims',
     ]
 
@@ -690,3 +713,27 @@ def test_any_mapping_of_known_keys_with_string_values_loads_or_is_a_config_error
                 assert config.issuer and "openid" in config.scopes
             else:
                 assert config.authorization_endpoint and config.token_endpoint and config.userinfo_endpoint
+
+
+def test_private_key_jwt_keys(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = tmp_path / "key.pem"
+    good.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    public = tmp_path / "public.pem"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    body = "issuer: https://idp.example.com\nclient_id: a\ntoken_endpoint_auth_method: private_key_jwt\n"
+    loaded = provider(body + f"client_private_key: {good}\nclient_key_id: k1\n")
+    assert loaded.client_private_key.startswith("-----BEGIN PRIVATE KEY-----") and loaded.client_key_id == "k1"
+    assert loaded.client_secret == ""
+    with pytest.raises(ConfigError) as info:
+        provider(body + f"client_private_key: {public}\n")
+    assert info.value.errors == [f'routes.yaml:8: provider "p": client_private_key file "{public}" is not an '
+                                 "unencrypted PEM private key"]
+    with pytest.raises(ConfigError) as info:
+        provider(body + f"client_private_key: {tmp_path}\n")
+    assert info.value.errors == [f'routes.yaml:8: provider "p": client_private_key file "{tmp_path}" is not a '
+                                 "regular file"]

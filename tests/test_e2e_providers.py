@@ -19,13 +19,17 @@ every sign-in.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
 from tests.support.e2e import request
@@ -84,6 +88,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         oauth2_user("frank", "frank-pw", id=503, roles=["ops"]),
         oauth2_user("nobody", "nobody-pw", field_names={"id": None}),  # no id: nobody to sign in
     ]
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path_factory.mktemp("keys") / "client.pem"
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    public_jwk = {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())), "kid": "gw-key-1",
+                  "use": "sig", "alg": "ES256"}
     up = Upstream("app").start()
     try:
         with start_fake_github(tmp_path_factory.mktemp("gh"), clients={"Iv1.gateway": (GH_SECRET, [callback])},
@@ -93,8 +103,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                                                          auth_method="client_secret_basic")],
                                   users=legacy_users, access_token_ttl=ACCESS_TTL) as legacy, \
                 start_oidc_provider(tmp_path_factory.mktemp("idp"),
-                                    clients=[client("gw", CORP_SECRET, [callback], post_logout_redirect_uris=[url + "/"])],
-                                    users=[user("alice", "corp-pw", email="alice@corp.test", groups=["users"])]) as idp:
+                                    clients=[client("gw", CORP_SECRET, [callback], post_logout_redirect_uris=[url + "/"]),
+                                             client("gw-signed", "not-used-by-this-client-0123456789", [callback],
+                                                    token_endpoint_auth_method="private_key_jwt",
+                                                    token_endpoint_auth_signing_alg="ES256",
+                                                    jwks={"keys": [public_jwk]})],
+                                    users=[user("alice", "corp-pw", email="alice@corp.test", groups=["users"])],
+                                    extra_config={"clientAuthMethods": ["client_secret_basic", "client_secret_post",
+                                                                        "private_key_jwt"]}) as idp:
             gh_base = gh.base_url.replace("127.0.0.1", "localhost")
             legacy_base = legacy.url.replace("127.0.0.1", "localhost")
             providers = {
@@ -106,6 +122,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                            "client_id": "gw-legacy", "client_secret": LEGACY_SECRET, "scopes": ["profile"],
                            "display_name": "Legacy SSO"},
                 "corp": provider_entry(idp.issuer, "gw", CORP_SECRET, "Corp"),
+                "signed": {"issuer": idp.issuer, "client_id": "gw-signed", "token_endpoint_auth_method": "private_key_jwt",
+                           "client_private_key": str(key_file), "client_key_id": "gw-key-1"},
             }
 
             def route(name: str, providers: list, **more: Any) -> dict:
@@ -121,6 +139,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 route("legacy", ["legacy"], allow=[{"group": "ops"}]),
                 route("eng", ["legacy"], allow=[{"claim": {"department": "eng"}}]),
                 route("both", ["corp", "gh"]),
+                route("signed", ["signed"]),
             ]
             gw = start_gateway(gateway_yaml(port, providers=providers, routes=routes, cookie_name=COOKIE), port)
             try:
@@ -311,3 +330,11 @@ def test_the_chooser_offers_an_openid_provider_and_github(env: Env, page: Any) -
     provider_sign_in(page, "alice", "corp-pw")
     wait_url(page, env.url + "/both/y")
     assert headers_at(env, "/both/y")["X-Forwarded-User"] == "alice"
+
+
+def test_private_key_jwt_client_authentication(env: Env, page: Any) -> None:
+    """RFC 7523: no client secret at all; the token request carries a JWT signed with the client's key."""
+    page.goto(env.url + "/signed/x")
+    provider_sign_in(page, "alice", "corp-pw")
+    wait_url(page, env.url + "/signed/x")
+    assert headers_at(env, "/signed/x")["X-Forwarded-User"] == "alice"

@@ -109,7 +109,7 @@ class SessionConfig:
 
 
 PROVIDER_TYPES = ("oidc", "oauth2")
-TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 # identity fields a provider's claims mapping may fill (identity field <- the provider's field)
 IDENTITY_FIELDS = ("sub", "email", "email_verified", "preferred_username", "name", "groups")
 
@@ -139,6 +139,9 @@ class ProviderConfig:
     user_claim: str = opt("sub", kind="string")  # the claim that becomes X-Forwarded-User
     # "": client_secret_basic unless discovery lists only client_secret_post
     token_endpoint_auth_method: str = opt("", kind="auth_method")
+    # private_key_jwt (RFC 7523): a PEM private key file (relative to routes.yaml) signs the client's assertion
+    client_private_key: str = opt("", kind="string")
+    client_key_id: str = opt("", kind="string")  # the kid the provider knows that key by
     display_name: str = opt("", kind="string")  # shown on the chooser page; defaults to name
     # where the provider sends the browser after its sign-out (register it there); default <public_url>/
     post_logout_redirect_uri: str = opt("", kind="url")

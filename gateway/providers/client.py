@@ -14,7 +14,8 @@ with an ID token; ``oauth2.OAuth2Client`` has its endpoints configured and
 asks the userinfo endpoint; ``github.GitHubClient`` asks GitHub's REST API.
 PKCE S256 and ``state`` always; client authentication as configured by
 ``token_endpoint_auth_method`` (form-encoded Basic credentials, RFC 6749
-2.3.1, or the client's id and secret in the form).
+2.3.1; the client's id and secret in the form; or a JWT signed with the
+client's private key, RFC 7523).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 
 from ..config import ProviderConfig
@@ -116,6 +120,7 @@ class ProviderClient(ABC):
         self._clock = clock
         self._timeout = timeout
         self.keep = tuple(keep)  # claims the session must keep because allow rules name them
+        self._signing_key: Any = None  # private_key_jwt: parsed on first use
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -229,7 +234,12 @@ class ProviderClient(ABC):
         raise Misconfigured("unsupported_client_auth")
 
     def client_auth(self, metadata: Dict[str, Any], form: Dict[str, str], headers: Dict[str, str]) -> None:
-        if self.auth_method(metadata) == "client_secret_basic":
+        method = self.auth_method(metadata)
+        if method == "private_key_jwt":
+            form["client_id"] = self.config.client_id
+            form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            form["client_assertion"] = self._assertion(self.endpoint(metadata, "token_endpoint") or "")
+        elif method == "client_secret_basic":
             user = quote_plus(self.config.client_id, safe="")  # RFC 6749 2.3.1: form-encoded first
             password = quote_plus(self.config.client_secret, safe="")
             credentials = base64.b64encode(f"{user}:{password}".encode("ascii")).decode("ascii")
@@ -237,6 +247,23 @@ class ProviderClient(ABC):
         else:
             form["client_id"] = self.config.client_id
             form["client_secret"] = self.config.client_secret
+
+    def _assertion(self, audience: str) -> str:
+        """RFC 7523 client authentication: a short JWT about this client, signed with its private key."""
+        if self._signing_key is None:
+            self._signing_key = serialization.load_pem_private_key(self.config.client_private_key.encode(), None)
+        key = self._signing_key
+        if isinstance(key, rsa.RSAPrivateKey):
+            alg = "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            alg = {"secp384r1": "ES384", "secp521r1": "ES512"}.get(key.curve.name, "ES256")
+        else:
+            alg = "EdDSA"
+        now = int(self._clock())
+        claims = {"iss": self.config.client_id, "sub": self.config.client_id, "aud": audience,
+                  "jti": random_token(16), "iat": now, "exp": now + 60}
+        headers = {"kid": self.config.client_key_id} if self.config.client_key_id else None
+        return jwt.encode(claims, key, algorithm=alg, headers=headers)
 
     async def token_request(self, form: Dict[str, str], *, what: str, sensitive: Tuple[str, ...]) -> TokenSet:
         metadata = await self.endpoints()

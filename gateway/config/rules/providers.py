@@ -7,7 +7,11 @@ One of the section rules that ``gateway.config.load`` runs; routes with
 from __future__ import annotations
 
 import re
+import os
 from typing import Any, Optional, Tuple
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from yaml.nodes import Node
 
@@ -18,7 +22,7 @@ from ..source import BAD, Source, hint, is_hostname, q
 
 KEYS = yaml_keys(ProviderConfig)
 _STRING_KEYS = ("type", "preset", "client_id", "client_secret", "groups_claim", "user_claim", "display_name",
-                "token_endpoint_auth_method", "realm", "tenant", "domain", "hosted_domain")
+                "token_endpoint_auth_method", "realm", "tenant", "domain", "hosted_domain", "client_key_id")
 _URL_KEYS = ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint",
              "post_logout_redirect_uri", "base_url")
 MULTI_TENANT = ("common", "organizations", "consumers")
@@ -83,6 +87,8 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         given["scopes"] = BAD if scopes is BAD else tuple(dict.fromkeys(text for text, _ in scopes))
     if "claims" in items:
         given["claims"] = claim_map(src, items["claims"][1], where)
+    if "client_private_key" in items:
+        given["client_private_key"] = private_key(src, items["client_private_key"][1], where)
     ok = not any(v is BAD for v in given.values())
     given = {k: v for k, v in given.items() if v is not BAD}
     domain = given.get("domain")
@@ -107,7 +113,12 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         values.update(resolve(preset, {k: v for k, v in given.items() if isinstance(v, str)}))
     values.update(given)
     kind = values.get("type", "oidc")
-    for key in ("client_id", "client_secret"):
+    signed = values.get("token_endpoint_auth_method") == "private_key_jwt"
+    if signed and not values.get("client_private_key") and "client_private_key" not in items:
+        src.error(key_node, f"{where}: token_endpoint_auth_method private_key_jwt needs client_private_key "
+                            "(a PEM private key file)")
+        ok = False
+    for key in ("client_id",) if signed else ("client_id", "client_secret"):
         if not values.get(key) and key not in items:
             src.error(key_node, f"{where}: {key} is required")
             ok = False
@@ -162,3 +173,30 @@ def claim_map(src: Source, node: Node, where: str) -> Any:
             return BAD
         pairs.append((field_name, text))
     return tuple(pairs)
+
+
+def private_key(src: Source, node: Node, where: str) -> Any:
+    """The PEM text of a private key file (RSA, EC P-256/384/521 or Ed25519) for private_key_jwt."""
+    text = src.get_str(node, f"{where}: client_private_key")
+    if text is BAD:
+        return BAD
+    label = f"{where}: client_private_key file {q(text)}"
+    path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
+    if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
+        src.error(node, f"{label} is not a regular file")
+        return BAD
+    try:
+        with open(path, "rb") as fh:
+            pem = fh.read(1 << 20)
+    except OSError as exc:
+        src.error(node, f"{label} cannot be read: {exc.strerror or exc}")
+        return BAD
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except Exception:  # any parse failure of untrusted input is a config error
+        src.error(node, f"{label} is not an unencrypted PEM private key")
+        return BAD
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+        src.error(node, f"{label} must be an RSA, EC or Ed25519 key")
+        return BAD
+    return pem.decode("ascii", "replace")
