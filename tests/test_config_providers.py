@@ -520,6 +520,19 @@ BAD_PROVIDERS = [
     ),
     pytest.param(
         """\
+          ms:
+            preset: microsoft
+            tenant: 9188040d-6c67-4c5b-b112-36a304b66dad
+            allowed_tenants: [9188040d-6c67-4c5b-b112-36a304b66dad]
+            client_id: a
+            client_secret: b
+        """,
+        ['routes.yaml:7: provider "ms": allowed_tenants only applies with tenant: common, organizations or '
+         'consumers'],
+        id="allowed-tenants-with-one-tenant",
+    ),
+    pytest.param(
+        """\
           g:
             preset: google
             scopes: [email, profile]

@@ -148,6 +148,10 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants is for preset: microsoft")
         ok = False
     if values.get("tenant_issuer") and values.get("tenant") not in MULTI_TENANT:
+        if values.get("allowed_tenants") and values.get("tenant"):  # (no tenant: "needs tenant" says it)
+            src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants only applies with tenant: "
+                                                   "common, organizations or consumers")
+            ok = False
         values["tenant_issuer"] = ""  # one tenant: its issuer is exact
     if "type" in given and given["type"] not in PROVIDER_TYPES:
         src.error(items["type"][1], f"{where}: type must be one of {', '.join(PROVIDER_TYPES)}")
