@@ -63,12 +63,14 @@ PRESET_CASES = [
     pytest.param(
         "preset: google\n",
         dict(type="oidc", issuer="https://accounts.google.com", issuer_aliases=("accounts.google.com",),
-             scopes=("openid", "email", "profile"), display_name="Google", claims=(), tenant_issuer=""),
+             scopes=("openid", "email", "profile"), display_name="Google", claims=(), tenant_issuer="",
+             hosted_domain="", auth_params=()),
         id="google",
     ),
     pytest.param(
         "preset: google\nhosted_domain: example.com\n",
-        dict(type="oidc", issuer="https://accounts.google.com", hosted_domain="example.com"),
+        dict(type="oidc", issuer="https://accounts.google.com", hosted_domain="example.com",
+             auth_params=(("hd", "example.com"),)),  # the authorization request's hint; hd in the ID token enforces
         id="google-hosted-domain",
     ),
     pytest.param(

@@ -153,6 +153,10 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
                                                    "common, organizations or consumers")
             ok = False
         values["tenant_issuer"] = ""  # one tenant: its issuer is exact
+    hosted_domain = values.get("hosted_domain")
+    if hosted_domain and not any(k == "hd" for k, _ in values.get("auth_params", ())):
+        # Google's hint for the account chooser; the ID token's hd claim is what enforces it.
+        values["auth_params"] = tuple(values.get("auth_params", ())) + (("hd", hosted_domain),)
     if "type" in given and given["type"] not in PROVIDER_TYPES:
         src.error(items["type"][1], f"{where}: type must be one of {', '.join(PROVIDER_TYPES)}")
         ok = False
