@@ -63,12 +63,14 @@ PRESET_CASES = [
     pytest.param(
         "preset: google\n",
         dict(type="oidc", issuer="https://accounts.google.com", issuer_aliases=("accounts.google.com",),
-             scopes=("openid", "email", "profile"), display_name="Google", claims=(), tenant_issuer=""),
+             scopes=("openid", "email", "profile"), display_name="Google", claims=(), tenant_issuer="",
+             hosted_domain="", auth_params=()),
         id="google",
     ),
     pytest.param(
         "preset: google\nhosted_domain: example.com\n",
-        dict(type="oidc", issuer="https://accounts.google.com", hosted_domain="example.com"),
+        dict(type="oidc", issuer="https://accounts.google.com", hosted_domain="example.com",
+             auth_params=(("hd", "example.com"),)),  # the authorization request's hint; hd in the ID token enforces
         id="google-hosted-domain",
     ),
     pytest.param(
@@ -85,6 +87,17 @@ PRESET_CASES = [
         id="microsoft-common-allowed-tenants",
     ),
     pytest.param(
+        "preset: microsoft\ntenant: contoso.onmicrosoft.com\n",
+        dict(issuer="https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0", tenant_issuer=""),
+        id="microsoft-tenant-domain",
+    ),
+    pytest.param(
+        "preset: microsoft\ntenant: consumers\n",
+        dict(issuer="https://login.microsoftonline.com/consumers/v2.0",
+             tenant_issuer="https://login.microsoftonline.com/{tid}/v2.0"),
+        id="microsoft-consumers",
+    ),
+    pytest.param(
         "preset: microsoft\ntenant: organizations\n",
         dict(issuer="https://login.microsoftonline.com/organizations/v2.0",
              tenant_issuer="https://login.microsoftonline.com/{tid}/v2.0", allowed_tenants=()),
@@ -95,6 +108,11 @@ PRESET_CASES = [
         dict(type="oidc", issuer="https://kc.example.com/realms/corp", realm="corp",
              scopes=("openid", "email", "profile"), display_name="Keycloak"),
         id="keycloak",
+    ),
+    pytest.param(
+        "preset: keycloak\nbase_url: https://kc.example.com\nrealm: acme-prod_2.eu\n",
+        dict(issuer="https://kc.example.com/realms/acme-prod_2.eu", realm="acme-prod_2.eu"),
+        id="keycloak-realm-punctuation",
     ),
     pytest.param(
         "preset: keycloak\nbase_url: https://kc.example.com/auth/\nrealm: corp\n",
@@ -342,6 +360,64 @@ BAD_PROVIDERS = [
     ),
     pytest.param(
         """\
+          ms:
+            preset: microsoft
+            tenant: Common
+            client_id: a
+            client_secret: b
+          ms2:
+            preset: microsoft
+            tenant: contoso
+            client_id: a
+            client_secret: b
+          ms3:
+            preset: microsoft
+            tenant: https://login.microsoftonline.com/contoso.onmicrosoft.com
+            client_id: a
+            client_secret: b
+        """,
+        ['routes.yaml:6: provider "ms": tenant must be a tenant id (a GUID such as '
+         '9188040d-6c67-4c5b-b112-36a304b66dad), a domain name such as contoso.onmicrosoft.com, or one of '
+         'common, organizations, consumers (got "Common")',
+         'routes.yaml:11: provider "ms2": tenant must be a tenant id (a GUID such as '
+         '9188040d-6c67-4c5b-b112-36a304b66dad), a domain name such as contoso.onmicrosoft.com, or one of '
+         'common, organizations, consumers (got "contoso")',
+         'routes.yaml:16: provider "ms3": tenant must be a tenant id (a GUID such as '
+         '9188040d-6c67-4c5b-b112-36a304b66dad), a domain name such as contoso.onmicrosoft.com, or one of '
+         'common, organizations, consumers (got "https://login.microsoftonline.com/contoso.onmicrosoft.com")'],
+        id="microsoft-bad-tenant",
+    ),
+    pytest.param(
+        """\
+          kc:
+            preset: keycloak
+            base_url: https://kc.example.com
+            realm: my realm
+            client_id: a
+            client_secret: b
+          kc2:
+            preset: keycloak
+            base_url: https://kc.example.com
+            realm: corp/admin
+            client_id: a
+            client_secret: b
+          kc3:
+            preset: keycloak
+            base_url: https://kc.example.com
+            realm: ".."
+            client_id: a
+            client_secret: b
+        """,
+        ['routes.yaml:7: provider "kc": realm must be the realm\'s name as it appears in its URL (/realms/NAME): '
+         "letters, digits and -._~!$&'()*+,;=:@ only, no spaces or slashes (got \"my realm\")",
+         'routes.yaml:13: provider "kc2": realm must be the realm\'s name as it appears in its URL (/realms/NAME): '
+         "letters, digits and -._~!$&'()*+,;=:@ only, no spaces or slashes (got \"corp/admin\")",
+         'routes.yaml:19: provider "kc3": realm must be the realm\'s name as it appears in its URL (/realms/NAME): '
+         "letters, digits and -._~!$&'()*+,;=:@ only, no spaces or slashes (got \"..\")"],
+        id="keycloak-bad-realm",
+    ),
+    pytest.param(
+        """\
           okta:
             preset: okta
             client_id: a
@@ -466,6 +542,19 @@ BAD_PROVIDERS = [
         """,
         ['routes.yaml:6: provider "g": allowed_tenants is for preset: microsoft'],
         id="allowed-tenants-without-microsoft",
+    ),
+    pytest.param(
+        """\
+          ms:
+            preset: microsoft
+            tenant: 9188040d-6c67-4c5b-b112-36a304b66dad
+            allowed_tenants: [9188040d-6c67-4c5b-b112-36a304b66dad]
+            client_id: a
+            client_secret: b
+        """,
+        ['routes.yaml:7: provider "ms": allowed_tenants only applies with tenant: common, organizations or '
+         'consumers'],
+        id="allowed-tenants-with-one-tenant",
     ),
     pytest.param(
         """\

@@ -27,6 +27,9 @@ _URL_KEYS = ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_end
              "post_logout_redirect_uri", "base_url")
 MULTI_TENANT = ("common", "organizations", "consumers")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+# One URL path segment, as written (RFC 3986 pchar without percent-encoding): no space, no "/".
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 
 
 def providers(src: Source, pair: Optional[Tuple[Node, Node]]) -> Any:
@@ -96,6 +99,20 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         src.error(items["domain"][1], f"{where}: domain must be a host name such as dev-123.okta.com, "
                                       f"without https:// or a path (got {q(domain)})")
         ok = False
+    tenant = given.get("tenant")
+    if tenant and not (tenant in MULTI_TENANT or _GUID.fullmatch(tenant)
+                       or ("." in tenant and is_hostname(tenant.lower()))):
+        src.error(items["tenant"][1], f"{where}: tenant must be a tenant id (a GUID such as "
+                                      "9188040d-6c67-4c5b-b112-36a304b66dad), a domain name such as "
+                                      "contoso.onmicrosoft.com, or one of " + ", ".join(MULTI_TENANT)
+                                      + f" (got {q(tenant)})")
+        ok = False
+    realm = given.get("realm")
+    if realm and (not _PATH_SEGMENT.fullmatch(realm) or realm in (".", "..")):
+        src.error(items["realm"][1], f"{where}: realm must be the realm's name as it appears in its URL "
+                                     "(/realms/NAME): letters, digits and -._~!$&'()*+,;=:@ only, no spaces "
+                                     f"or slashes (got {q(realm)})")
+        ok = False
 
     values: dict[str, Any] = {"name": name, "display_name": name}
     preset_name = given.get("preset")
@@ -142,7 +159,15 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants is for preset: microsoft")
         ok = False
     if values.get("tenant_issuer") and values.get("tenant") not in MULTI_TENANT:
+        if values.get("allowed_tenants") and values.get("tenant"):  # (no tenant: "needs tenant" says it)
+            src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants only applies with tenant: "
+                                                   "common, organizations or consumers")
+            ok = False
         values["tenant_issuer"] = ""  # one tenant: its issuer is exact
+    hosted_domain = values.get("hosted_domain")
+    if hosted_domain and not any(k == "hd" for k, _ in values.get("auth_params", ())):
+        # Google's hint for the account chooser; the ID token's hd claim is what enforces it.
+        values["auth_params"] = tuple(values.get("auth_params", ())) + (("hd", hosted_domain),)
     if "type" in given and given["type"] not in PROVIDER_TYPES:
         src.error(items["type"][1], f"{where}: type must be one of {', '.join(PROVIDER_TYPES)}")
         ok = False
