@@ -170,18 +170,27 @@ class OIDCClient(ProviderClient):
             log.warning("provider %s: authorization response names another issuer (RFC 9207)", self.name)
             raise ProviderError("issuer mismatch", "issuer_mismatch")
 
-    def _issuer_ok(self, iss: Any, tid: Any) -> bool:
-        if iss == self.issuer or iss in self.config.issuer_aliases:
-            return True
+    def _issuer_ok(self, iss: Any, claims: Optional[Dict[str, Any]]) -> bool:
+        """Exact, but for Google's second spelling and Microsoft's per-tenant issuer.
+
+        ``claims`` are the ID token's (None for the RFC 9207 callback
+        parameter, which names an issuer but carries no ``tid``).
+        """
         template = self.config.tenant_issuer
-        if not template or not isinstance(iss, str):
+        if not template:
+            return iss == self.issuer or iss in self.config.issuer_aliases
+        if not isinstance(iss, str):
             return False
-        if tid is None:  # the RFC 9207 parameter carries no tid: any tenant's issuer
-            prefix, _, suffix = template.partition("{tid}")
-            return iss.startswith(prefix) and iss.endswith(suffix) and len(iss) > len(prefix) + len(suffix)
-        if not isinstance(tid, str) or not tid or (self.config.allowed_tenants and tid not in self.config.allowed_tenants):
+        prefix, _, suffix = template.partition("{tid}")
+        if claims is None:
+            tenant = iss[len(prefix):len(iss) - len(suffix)] if iss.startswith(prefix) and iss.endswith(suffix) else ""
+        else:
+            tenant = claims.get("tid")  # the token's own tenant, never the one its iss names
+            if not isinstance(tenant, str) or iss != template.replace("{tid}", tenant):
+                return False
+        if not tenant or "/" in tenant or len(iss) != len(prefix) + len(tenant) + len(suffix):
             return False
-        return iss == template.replace("{tid}", tid)
+        return not self.config.allowed_tenants or tenant in self.config.allowed_tenants
 
     # -- the ID token --------------------------------------------------------------
 
@@ -247,7 +256,7 @@ class OIDCClient(ProviderClient):
         return claims
 
     def _check_claims(self, claims: Dict[str, Any], nonce: Optional[str]) -> None:
-        if not self._issuer_ok(claims.get("iss"), claims.get("tid") if self.config.tenant_issuer else None):
+        if not self._issuer_ok(claims.get("iss"), claims):
             raise self._invalid("wrong issuer", "id_token_issuer")
         if self.config.hosted_domain and claims.get("hd") != self.config.hosted_domain:
             raise self._invalid("hd is not the hosted_domain", "id_token_hosted_domain")
