@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import parse_qs
 
 from tornado import web
 
 from . import pipeline
-from .answers import Answer, Redirect, Refusal
+from .answers import Answer, Json, Redirect, Refusal
 from .forwarding import Exchange, HandlerSink, UpstreamError, retrieve_outcome
 from .pages import is_browser, render
 from .pipeline import Accepted, Admitted
@@ -322,6 +323,58 @@ class UserInfoHandler(OAuthHandler):
         self.answer(await pipeline.identify(self.accepted, self.runtime))
 
 
+class JWKSHandler(OAuthHandler):
+    """/oauth2/jwks: the public keys of the gateway's own tokens and assertions."""
+
+    def get(self) -> None:
+        self.answer(pipeline.jwks(self.runtime))
+
+    head = get
+
+
+class TokenHandler(OAuthHandler):
+    """/oauth2/token: GET shows a signed-in person a token; POST redeems a CLI's code with its verifier."""
+
+    MAX_FORM = 4096
+    _form = b""
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.request.method == "POST" and len(self._form) + len(chunk) <= self.MAX_FORM:
+            self._form += chunk  # a small form (code, code_verifier); anything larger is refused below
+            return None
+        self._body_seen = self.MAX_FORM + 1
+        return None
+
+    async def get(self) -> None:
+        self.answer(await pipeline.token_page(self.accepted, self.runtime))
+
+    async def post(self) -> None:
+        tokens = self.runtime.script_tokens
+        if tokens is None:
+            return self.answer(Refusal(404, "browser login is not configured"))
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if self._body_seen > self.MAX_FORM:
+            return self.answer(Json({"error": "invalid_request", "error_description": "form too large"}, status=413))
+        if ctype != "application/x-www-form-urlencoded":
+            return self.answer(Json({"error": "invalid_request", "error_description":
+                                     "send code and code_verifier as application/x-www-form-urlencoded"},
+                                    status=400))
+        fields = parse_qs(self._form.decode("utf-8", "replace"), keep_blank_values=True)
+        if any(len(v) > 1 for v in fields.values()):
+            return self.answer(Json({"error": "invalid_request", "error_description": "repeated form field"},
+                                    status=400))
+        self.answer(await tokens.cli_exchange({k: v[0] for k, v in fields.items()}))
+
+
+class CLIHandler(OAuthHandler):
+    """/oauth2/cli: the browser half of ``gateway login`` (RFC 8252 loopback redirect)."""
+
+    async def get(self) -> None:
+        args = {key: values[0].decode("utf-8", "replace") for key, values in self.request.query_arguments.items()
+                if len(values) == 1}
+        self.answer(await pipeline.cli_start(self.accepted, self.runtime, args))
+
+
 class ForwardAuthHandler(OAuthHandler):
     """/oauth2/auth for nginx auth_request, Traefik ForwardAuth and Caddy forward_auth."""
 
@@ -333,5 +386,6 @@ class ForwardAuthHandler(OAuthHandler):
 
 OWN_HANDLERS = {
     "start": StartHandler, "callback": CallbackHandler, "handoff": HandoffHandler, "sign_out": SignOutHandler,
-    "userinfo": UserInfoHandler, "auth": ForwardAuthHandler,
+    "userinfo": UserInfoHandler, "auth": ForwardAuthHandler, "jwks": JWKSHandler, "token": TokenHandler,
+    "cli": CLIHandler,
 }

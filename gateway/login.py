@@ -437,6 +437,19 @@ class LoginManager:
         margin = min(REFRESH_BEFORE, max(0.0, (session.access_expires_at - issued) / 5))
         return self.clock() >= session.access_expires_at - margin
 
+    async def session_alive(self, session_id: str) -> bool:
+        """Has the session not ended? Its tokens (``sid``) are refused once it has."""
+        if session_id in self._ended:
+            return False
+        return await self.store.alive(session_id)
+
+    def _end(self, session_id: str) -> None:
+        """Remember an ended session in this process (a replayed cookie or token of it is refused)."""
+        self._retry.pop(session_id, None)
+        if len(self._ended) >= MAX_RETRY_ENTRIES:
+            self._ended.pop(next(iter(self._ended)))
+        self._ended[session_id] = None
+
     def _past_grace(self, session: Session) -> bool:
         """Access never outlives the access token by more than ``session.refresh_grace``."""
         assert session.access_expires_at is not None
@@ -464,10 +477,7 @@ class LoginManager:
         try:
             outcome, renewed = await asyncio.shield(running)
             if renewed is None:
-                self._retry.pop(session.id, None)
-                if len(self._ended) >= MAX_RETRY_ENTRIES:
-                    self._ended.pop(next(iter(self._ended)))
-                self._ended[session.id] = None
+                self._end(session.id)
                 return None, await self._clear(cookies)
             if outcome == "kept":
                 return renewed, ()
@@ -551,6 +561,8 @@ class LoginManager:
         """
         target = safe_redirect_path(rd) if rd else ""
         session = await self.store.load(cookies)
+        if session is not None:
+            self._end(session.id)
         ops = await self._clear(cookies)
         ops += tuple(CookieOp(name) for name in cookies
                      if name.startswith(self.login_cookie_prefix) or name == self.signed_out_cookie)

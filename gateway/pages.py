@@ -118,7 +118,8 @@ def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = Fal
         headers.append(("Content-Type", "application/json"))
     elif isinstance(answer, Empty):
         headers.extend(answer.headers)
-    headers.append(("Cache-Control", "no-store"))
+    if not any(name == "Cache-Control" for name, _ in headers):  # the JWKS may be cached; nothing else
+        headers.append(("Cache-Control", "no-store"))
     headers.append(("X-Request-Id", request_id))
     headers.append(("Content-Length", str(len(body))))
     for op in answer.cookies:

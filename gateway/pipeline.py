@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("gateway")
 
 OWN_PREFIX = "/oauth2"
-OWN_ENDPOINTS = frozenset({"start", "callback", "handoff", "sign_out", "userinfo", "auth"})
+OWN_ENDPOINTS = frozenset({"start", "callback", "handoff", "sign_out", "userinfo", "auth", "jwks", "token", "cli"})
 BODILESS = frozenset({"GET", "HEAD"})
 SHUTDOWN = Refusal(503, "cut by shutdown", headers=(("Connection", "close"), ("Retry-After", "1")))
 
@@ -293,10 +293,12 @@ def plan(acc: Accepted, match: Match, identity: Optional[Identity], runtime: "Ru
                                 and "chunked" in headers.get("Transfer-Encoding", "").lower())
     login = runtime.login
     query = head.query
+    assertion = runtime.assertions.header_for(route.name, route.identity_assertion, identity)
     return UpstreamPlan(
         runtime.balancers[route.name], head.method, match.upstream_path + ("?" + query if query else ""),
         forwarded_request_headers(headers, acc.forwarded, acc.request_id, identity,
-                                  own_cookie=login.cookie_name if login is not None else None),
+                                  own_cookie=login.cookie_name if login is not None else None,
+                                  assertion=assertion, drop=runtime.assertion_headers),
         length if length else None, has_body, head.host if route.preserve_host else None,
         route.timeout, route.connect_timeout, runtime.config.session.cookie_name,
     )
@@ -342,8 +344,8 @@ def admit_now(acc: Accepted, runtime: "Runtime", found: Outcome) -> Optional[Out
         except AuthError:
             return None
         identity = runtime.verifier.verify_cached(raw) if raw is not None else None
-        if identity is None or not authorize(r.allow, identity, acc.head.method).allowed:
-            return None
+        if identity is None or identity.source == "gateway" or not authorize(r.allow, identity, acc.head.method).allowed:
+            return None  # the gateway's own tokens: is their session still on? (a store lookup)
         acc.scope.user = identity.sub
     return Admitted(found, identity, plan(acc, found, identity, runtime))
 
@@ -397,6 +399,45 @@ async def identify(acc: Accepted, runtime: "Runtime") -> Answer:
         "sub": ident.sub, "email": ident.email, "groups": list(ident.groups),
         "preferred_username": ident.preferred_username, "issuer": ident.issuer, "source": ident.source,
     }, cookies=result.cookies)
+
+
+def jwks(runtime: "Runtime") -> Answer:
+    """/oauth2/jwks: the gateway's public keys, for upstreams verifying its assertions and tokens."""
+    return Json(runtime.keys.jwks(), headers=(("Cache-Control", "public, max-age=300"),))
+
+
+async def signed_in(acc: Accepted, runtime: "Runtime", rd: str) -> Union[Identity, Answer]:
+    """The browser session's identity (never a bearer token), or what to answer without one."""
+    login = runtime.login
+    if login is None or runtime.script_tokens is None:
+        return Refusal(404, "browser login is not configured", description="Browser sign-in is not configured.")
+    identity, cookies = await login.load_identity(acc.head.cookies, None)
+    if identity is not None:
+        return identity
+    if acc.head.method in BODILESS and is_browser(acc.head.headers):
+        return with_cookies(await login.begin(None, acc.head.cookies, rd=rd, host=acc.head.host), cookies)
+    return with_cookies(NO_CREDENTIALS, cookies)
+
+
+async def token_page(acc: Accepted, runtime: "Runtime") -> Answer:
+    """GET /oauth2/token: a token of the gateway's own for the signed-in person (JSON, or a page)."""
+    found = await signed_in(acc, runtime, "/oauth2/token")
+    if not isinstance(found, Identity):
+        return found
+    acc.scope.user = found.sub
+    assert runtime.script_tokens is not None
+    return runtime.script_tokens.token_for(found, browser=is_browser(acc.head.headers),
+                                           public_url=runtime.keys.issuer)
+
+
+async def cli_start(acc: Accepted, runtime: "Runtime", args: Mapping[str, str]) -> Answer:
+    """GET /oauth2/cli?port=P&code_challenge=C: sign the browser in, then hand the CLI its code."""
+    found = await signed_in(acc, runtime, acc.head.uri)
+    if not isinstance(found, Identity):
+        return found
+    acc.scope.user = found.sub
+    assert runtime.script_tokens is not None
+    return await runtime.script_tokens.cli_start(args, found)
 
 
 async def forward_auth(acc: Accepted, runtime: "Runtime") -> Answer:

@@ -15,13 +15,17 @@ from typing import IO, Any, Optional
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
+from .assertions import AssertionSigner
 from .authn import Authenticator
-from .config import Config
+from .config import DEFAULT_ASSERTION_HEADER, Config
 from .discovery import DiscoveryCache
 from .forwarding import Balancer, Clients
 from .jwks import JWKSRegistry
 from .login import LoginManager
+from .models import Identity
 from .routing import RouteTable
+from .script_tokens import AUDIENCE, ScriptTokens, own_identity
+from .signing import KeyRing
 from .telemetry import AccessLog, Metrics
 from .tokens import TokenVerifier
 
@@ -36,14 +40,28 @@ class Runtime:
         # Bearer tokens and ID tokens of one issuer share discovery and key caches.
         self.discovery = DiscoveryCache(http_client)
         self.jwks = JWKSRegistry(http_client)
-        self.verifier = TokenVerifier(config.tokens, http_client, discovery=self.discovery, jwks_registry=self.jwks)
+        # The gateway's own keys: its tokens for scripts and the identity assertions to upstreams.
+        self.keys = KeyRing.from_config(config.signing, issuer=config.server.public_url.rstrip("/"))
+        self.assertions = AssertionSigner(self.keys)
+        # every header name an assertion may travel in: a client's copy is removed on every route
+        self.assertion_headers = frozenset(
+            {DEFAULT_ASSERTION_HEADER.lower()}
+            | {r.identity_assertion.header.lower() for r in config.routes if r.identity_assertion is not None})
+        self.verifier = TokenVerifier(config.tokens, http_client, discovery=self.discovery, jwks_registry=self.jwks,
+                                      own=(self.keys.issuer, self._own_identity))
         self.login: Optional[LoginManager] = None
+        self.script_tokens: Optional[ScriptTokens] = None
         if config.providers:
             self.login = LoginManager(config, http_client, self.jwks, self.discovery)
+            self.script_tokens = ScriptTokens(self.keys, self.login.store, lifetime=config.signing.token_lifetime)
         # Cookies get Secure when browsers reach the gateway over https (public_url)
         self.secure_cookies = self.login is not None and self.login.secure
         self.cookie_domain = config.session.cookie_domain if self.login is not None else ""
-        self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None)
+        self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None,
+                                   self.login.session_alive if self.login else None)
+
+    def _own_identity(self, raw: str) -> "Identity":
+        return own_identity(self.keys.verify(raw, audience=AUDIENCE))
 
     async def start(self) -> None:
         await self.verifier.start()

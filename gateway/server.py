@@ -28,6 +28,7 @@ from .app import make_app
 from .config import Config, ConfigError
 from .config import load, parse_listen
 from .runtime import Gateway, Runtime
+from .signing import prepare as prepare_signing
 from .telemetry import enable_multiprocess, use_log_format
 
 log = logging.getLogger("gateway")
@@ -47,6 +48,7 @@ def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] =
     use_log_format(config.server.log_format)
     for warning in config.warnings:
         log.warning("%s", warning)
+    prepare_signing(config)  # an ephemeral key is made now, before workers fork, so they all sign with it
     server = config.server
     try:
         sockets = bind(server.listen, reuse_port=server.workers > 1 and server.reuse_port)

@@ -254,7 +254,10 @@ class TokenVerifier:
         discovery: Optional[DiscoveryCache] = None,
         jwks_options: Optional[Dict[str, Any]] = None,
         jwks_registry: Optional[JWKSRegistry] = None,
+        own: Optional[Tuple[str, Callable[[str], Identity]]] = None,
     ):
+        # ``own``: (the gateway's issuer, a function verifying its own tokens) from gateway.signing.
+        self._own = own
         # Each issuer's settings were checked by the config rules (gateway.config.rules.tokens).
         names = [cfg.issuer for cfg in issuers]
         problems = [f"token issuer {n!r} is configured twice" for n in sorted(set(names)) if names.count(n) > 1]
@@ -358,6 +361,12 @@ class TokenVerifier:
         iss = unverified.get("iss")
         if not isinstance(iss, str) or not iss:
             raise _error("token has no iss", "malformed")
+        if self._own is not None and iss == self._own[0] and iss not in self._issuers:
+            identity = self._own[1](raw)  # the gateway's own keys only, by kid; raises AuthError
+            self._cache[raw] = (identity.expires_at or 0.0, identity)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return identity
         issuer = self._issuers.get(iss)
         if issuer is None:
             raise _error("unknown issuer", "unknown_issuer")

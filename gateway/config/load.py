@@ -34,6 +34,7 @@ from .rules import providers as providers_rules
 from .rules import routes as routes_rules
 from .rules import server as server_rules
 from .rules import session as session_rules
+from .rules import signing as signing_rules
 from .rules import tokens as tokens_rules
 from .schema import AUTH_TOKEN, Config, ConfigError, ServerConfig, yaml_keys
 from .source import BAD, WHERE, Source, compose, hint, line_of, q
@@ -116,12 +117,14 @@ def _config(src: Source, root: Optional[Node]) -> Config:
         session_rules.cookie_domain_covers(src, session, server.public_url,
                                            session_node[1] if session_node else None)
     tokens = tokens_rules.tokens(src, section("tokens"))
+    signing = signing_rules.signing(src, section("signing"))
     routes = routes_rules.routes(src, items.get("routes"), root, providers)
     config = Config(
         server=server,
         session=session,
         providers=providers if providers is not BAD else {},
         tokens=tokens,
+        signing=signing,
         routes=routes,
         source=src.source,
     )

@@ -26,6 +26,8 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_SCOPES = ("openid", "email", "profile")
 DEFAULT_GROUPS_CLAIM = "groups"
 DEFAULT_REFRESH_GRACE = 60.0
+DEFAULT_TOKEN_LIFETIME = 3600.0
+DEFAULT_ASSERTION_HEADER = "X-Gateway-Assertion"
 MIN_SECRET_BYTES = 32
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 DEFAULT_IDLE_TIMEOUT = 120.0
@@ -188,6 +190,14 @@ class TokenIssuerConfig:
 
 
 @dataclass(frozen=True)
+class Assertion:
+    """``routes[].identity_assertion``: a signed JWT of the identity, for the upstream to verify."""
+
+    header: str = opt(DEFAULT_ASSERTION_HEADER, kind="string")
+    audience: str = opt("", kind="string")  # "": the route's name
+
+
+@dataclass(frozen=True)
 class Rule:
     """One ``allow`` entry: every condition that is set must hold.
 
@@ -222,7 +232,18 @@ class RouteConfig:
     # origins (scheme://host[:port]) besides the gateway's own whose pages may open session WebSockets
     websocket_origins: Tuple[str, ...] = opt((), kind="strings")
     max_body_size: Optional[int] = opt(None, kind="size")  # bytes; None: the server's default
+    # true, or {header, audience}: send the identity as a JWT signed by signing.key
+    identity_assertion: Optional[Assertion] = opt(None, kind="assertion", item=Assertion)
     line: int = opt(0, kind="integer", key=None)  # where the route starts in the file, for messages
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """The gateway's own signing keys (tokens for scripts, identity assertions to upstreams)."""
+
+    key: str = opt("", kind="string")  # PEM text (read from the file when a path was given); "": ephemeral
+    previous_keys: Tuple[str, ...] = opt((), kind="strings")  # PEM texts: published, only verify
+    token_lifetime: float = opt(DEFAULT_TOKEN_LIFETIME, kind="duration")
 
 
 @dataclass(frozen=True)
@@ -231,6 +252,7 @@ class Config:
     session: SessionConfig = opt(kind="section", factory=SessionConfig, item=SessionConfig)
     providers: Mapping[str, ProviderConfig] = opt(kind="named", factory=dict, item=ProviderConfig)
     tokens: Tuple[TokenIssuerConfig, ...] = opt((), kind="list", item=TokenIssuerConfig)
+    signing: SigningConfig = opt(kind="section", factory=SigningConfig, item=SigningConfig)
     routes: Tuple[RouteConfig, ...] = opt((), kind="list", item=RouteConfig)
     source: str = opt(DEFAULT_CONFIG_PATH, kind="string", key=None)  # the file it was read from
     # setups that load but cannot work as probably meant, as "FILE:LINE: warning: ..." (gateway check prints them)
@@ -254,6 +276,9 @@ _JSON_KINDS: dict[str, dict] = {
     "claim_map": {"type": "object", "propertyNames": {"enum": list(IDENTITY_FIELDS)},
                   "additionalProperties": {"type": "string"}},
     "provider_type": {"enum": list(PROVIDER_TYPES)},
+    "assertion": {"anyOf": [{"type": "boolean"}, {"type": "object", "additionalProperties": False,
+                                                  "properties": {"header": {"type": "string"},
+                                                                 "audience": {"type": "string"}}}]},
     "auth_method": {"enum": list(TOKEN_AUTH_METHODS)},
 }
 

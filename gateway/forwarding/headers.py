@@ -119,14 +119,16 @@ def identity_headers(identity: Any, prefix: str) -> list[tuple[str, str]]:
 
 
 def forwarded_request_headers(
-    incoming: httputil.HTTPHeaders, fwd: Any, request_id: str, identity: Any, own_cookie: Optional[str] = None
+    incoming: httputil.HTTPHeaders, fwd: Any, request_id: str, identity: Any, own_cookie: Optional[str] = None,
+    assertion: Optional[tuple[str, str]] = None, drop: frozenset = frozenset(),
 ) -> list[tuple[str, str]]:
     """Everything the upstream receives as headers, for the fast path and the handler path alike.
 
     The client's end-to-end headers (minus hop-by-hop, identity and gateway-owned
     ones, and minus the gateway's own cookies when ``own_cookie``, the session
-    cookie name, is given), then X-Forwarded-For/-Proto/-Host, X-Request-Id and
-    the caller's identity.
+    cookie name, is given, and minus ``drop``: every header an identity
+    assertion may travel in), then X-Forwarded-For/-Proto/-Host, X-Request-Id,
+    the caller's identity and its signed ``assertion`` (header, JWT).
     """
     extra = [
         ("X-Forwarded-For", fwd.chain),
@@ -136,7 +138,9 @@ def forwarded_request_headers(
     ]
     if identity is not None:
         extra.extend(identity_headers(identity, "X-Forwarded-"))
-    headers = upstream_header_list(incoming, extra)
+    if assertion is not None:
+        extra.append(assertion)
+    headers = upstream_header_list(incoming, extra, drop)
     if own_cookie is not None and "Cookie" in incoming:
         cookies = [value for name, value in headers if name.lower() == "cookie"]
         headers = [(name, value) for name, value in headers if name.lower() != "cookie"]

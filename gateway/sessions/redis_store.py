@@ -90,6 +90,17 @@ class RedisSessionStore(SessionStore):
         return f"{REDIS_KEY_PREFIX}lock:{session_id}"
 
     @staticmethod
+    def sid_key(session_id: str) -> str:
+        return f"{REDIS_KEY_PREFIX}sid:{session_id}"
+
+    async def alive(self, session_id: str) -> bool:
+        try:
+            return bool(await self._redis.exists(self.sid_key(session_id)))
+        except Exception as exc:  # fail closed: a token whose session cannot be checked is refused
+            log.warning("could not check a session in %s: %s", self._safe_url, self._describe(exc))
+            return False
+
+    @staticmethod
     def handoff_key(key: str) -> str:
         return f"{REDIS_KEY_PREFIX}handoff:{hashlib.sha256(key.encode()).hexdigest()}"
 
@@ -176,6 +187,12 @@ class RedisSessionStore(SessionStore):
             raise SessionStoreError(
                 f"could not store the session in {self._safe_url}: {self._describe(exc)}"
             ) from None
+        try:  # the session by its id, so its tokens (sid) can be checked and it can be ended by id
+            await self._redis.set(self.sid_key(session.id), ticket.encode(), ex=ttl)
+        except Exception as exc:
+            raise SessionStoreError(
+                f"could not store the session in {self._safe_url}: {self._describe(exc)}"
+            ) from None
         value = self._ticket_codec.encode(self.cookie_name, f"{ticket}.{session.id}".encode(), ttl)
         pairs = chunk_cookie(self.cookie_name, value)
         names = {n for n, _ in pairs}
@@ -200,6 +217,7 @@ class RedisSessionStore(SessionStore):
         parsed = self._read_ticket(cookies)
         if parsed is not None:
             await self._delete(self.session_key(parsed[0]))
+            await self._delete(self.sid_key(parsed[1]))
         return CookieUpdate((), tuple(cookie_names(self.cookie_name, cookies)), 0.0)
 
     async def lock(self, session_id: str, ttl: float = 10.0) -> bool:

@@ -73,6 +73,10 @@ class SessionStore(ABC):
     async def mark_used(self, key: str, ttl: float) -> bool:
         """One-time marker: True the first time ``key`` is seen within ``ttl``, False after."""
 
+    async def alive(self, session_id: str) -> bool:
+        """Is the session with this id still stored? (A store that cannot tell says yes.)"""
+        return True
+
     @abstractmethod
     async def put_handoff(self, key: str, payload: bytes, ttl: float) -> None:
         """Keep ``payload`` (already encrypted) for one ``take_handoff`` within ``ttl`` seconds."""

@@ -17,6 +17,7 @@ from ..schema import (
     AUTH_MODES,
     AUTH_PUBLIC,
     AUTH_TOKEN,
+    Assertion,
     RouteConfig,
     Rule,
     yaml_keys,
@@ -153,6 +154,11 @@ def route_entry(src: Source, index: int, node: Node, providers: Any, names: dict
         values["max_body_size"] = src.get_size(n, f"{where}: max_body_size")
     if (n := value("websocket_origins")) is not None:
         values["websocket_origins"] = websocket_origins(src, n, f"{where}: websocket_origins")
+    if (n := value("identity_assertion")) is not None:
+        values["identity_assertion"] = identity_assertion(src, n, f"{where}: identity_assertion")
+        if values["identity_assertion"] not in (BAD, None) and values.get("auth") == AUTH_PUBLIC:
+            src.error(n, f"{where}: identity_assertion needs an authenticated route (auth: login or token)")
+            values["identity_assertion"] = BAD
 
     if any(v is BAD for v in values.values()):
         return BAD
@@ -174,6 +180,30 @@ def websocket_origins(src: Source, node: Node, label: str) -> Any:
             return BAD
         out.append(text.lower())
     return tuple(out)
+
+
+def identity_assertion(src: Source, node: Node, label: str) -> Any:
+    """``true``, ``false``, or ``{header: X-Name, audience: aud}``."""
+    if isinstance(node, ScalarNode):
+        on = src.get_bool(node, label)
+        return BAD if on is BAD else (Assertion() if on else None)
+    mapped = src.get_mapping(node, f"{label} must be true or a mapping with header and audience")
+    if mapped is BAD:
+        return BAD
+    items, problems = mapped
+    src.keys(node, ("header", "audience"), label, items, problems)
+    values: dict[str, Any] = {}
+    if "header" in items:
+        name = src.get_str(items["header"][1], f"{label}: header")
+        if name is not BAD and not TOKEN.fullmatch(name):
+            src.error(items["header"][1], f"{label}: header {q(name)} is not a valid header name")
+            name = BAD
+        values["header"] = name
+    if "audience" in items:
+        values["audience"] = src.get_str(items["audience"][1], f"{label}: audience")
+    if any(v is BAD for v in values.values()) or any(k not in ("header", "audience") for k in items):
+        return BAD
+    return Assertion(**values)
 
 
 def route_host(src: Source, node: Node, where: str) -> Any:
