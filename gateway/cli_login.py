@@ -227,7 +227,8 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
                          "You can close this tab and return to the terminal.")
         elif code:
             result = Callback(code=code)
-            self._answer(200, "Signed in", "You can close this tab and return to the terminal.")
+            self._answer(200, "Back to the terminal", "The sign-in code went to the command line, which finishes "
+                         "signing in. You can close this tab and return to the terminal.")
         else:                          # not the gateway's redirect: ignore it, keep waiting
             self._answer(400, "Bad request", "This address expects a sign-in code.")
             return
