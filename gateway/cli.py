@@ -1,7 +1,8 @@
-"""The ``gateway`` command: serve, check, demo; argument parsing only.
+"""The ``gateway`` command: serve, check, demo, login, token, logout; argument parsing only.
 
 The only module that reads the command line or configures logging; what a
-command does lives in ``server`` (serve), ``config`` (check) and ``demo``.
+command does lives in ``server`` (serve), ``config`` (check), ``demo`` and
+``cli_login`` (login, token, logout: the client side, for scripts).
 """
 
 from __future__ import annotations
@@ -28,10 +29,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _config_arg(check)
     demo = sub.add_parser("demo", help="self-contained demo on loopback (not for production)")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
+    login = sub.add_parser("login", help="sign in to a gateway with a browser and store a token for scripts")
+    login.add_argument("url", metavar="URL", help="the gateway, e.g. https://apps.example.com")
+    login.add_argument("--no-browser", action="store_true",
+                       help="print the sign-in address (first line of stdout) instead of opening a browser")
+    login.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="how long to wait for the browser to sign in (default 300)")
+    token = sub.add_parser("token", help="print the stored token for a gateway (for Authorization: Bearer)")
+    token.add_argument("url", metavar="URL", help="the gateway, as given to login (only its origin counts)")
+    logout = sub.add_parser("logout", help="forget the stored token for a gateway")
+    logout.add_argument("url", metavar="URL", help="the gateway, as given to login (only its origin counts)")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command in ("login", "token", "logout"):
+        from . import cli_login
+
+        if args.command == "login":
+            return cli_login.login(args.url, open_browser=not args.no_browser, timeout=args.timeout)
+        if args.command == "token":
+            return cli_login.print_token(args.url)
+        return cli_login.logout(args.url)
     _setup_logging()
     if args.command == "check":
         return cmd_check(args.config)
