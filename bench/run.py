@@ -70,6 +70,9 @@ RS_AUDIENCE = "bench-api"
 # --------------------------------------------------------------------------- utilities
 
 
+GATEWAY_ROWS = ("public", "hs", "rs", "hsa")  # the rows served by the gateway
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -366,6 +369,11 @@ routes:
     path: /rs
     upstream: http://127.0.0.1:{upstream_port}
     auth: token
+  - name: hsa
+    path: /hsa
+    upstream: http://127.0.0.1:{upstream_port}
+    auth: token
+    identity_assertion: true
   - name: mem
     path: /mem
     upstream: http://127.0.0.1:{mem_port}
@@ -969,7 +977,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="before each measurement wait up to this many seconds for other processes to leave the CPUs idle (default 60; 0: don't)")
     ap.add_argument("--workers", action="store_true",
                     help="also compare server.workers: 1 and 2 on the RS256 route (everything on CPUs 0,1)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,memory,workers (no target checks except memory)")
+    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,hsa,memory,workers (no target checks except memory)")
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -1014,25 +1022,26 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("public", "gateway /public", f"http://127.0.0.1:{gw_port}/public", None),
             ("hs", "gateway /hs (HS256)", f"http://127.0.0.1:{gw_port}/hs", tokens["hs"]),
             ("rs", "gateway /rs (RS256)", f"http://127.0.0.1:{gw_port}/rs", tokens["rs"]),
+            ("hsa", "gateway /hsa (HS256 + identity assertion)", f"http://127.0.0.1:{gw_port}/hsa", tokens["hs"]),
         ]
         if only:
             targets = [t for t in targets if t[0] in only]
         gateway = None
         gw_log = None
         gw_hwm = None
-        if any(key in ("public", "hs", "rs") for key, *_ in targets):
+        if any(key in GATEWAY_ROWS for key, *_ in targets):
             try:
                 check_gateway_config(routes)
                 gateway, gw_log = start_gateway(procs, tmp, routes, gw_port, "bench")
                 log(f"gateway on :{gw_port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
-                servers.update(public=gateway, hs=gateway, rs=gateway)
+                servers.update(public=gateway, hs=gateway, rs=gateway, hsa=gateway)
             except Exception as exc:  # noqa: BLE001 - reported per row
                 log(f"gateway not available: {exc}")
                 results["gateway_error"] = str(exc)
                 for key, *_ in targets:
-                    if key in ("public", "hs", "rs"):
+                    if key in GATEWAY_ROWS:
                         rows[key] = {"name": dict((t[0], t[1]) for t in targets)[key], "error": str(exc)}
-                targets = [t for t in targets if t[0] not in ("public", "hs", "rs")]
+                targets = [t for t in targets if t[0] not in GATEWAY_ROWS]
                 exit_code = 1
 
         for key, name, url, token in targets:
@@ -1041,14 +1050,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                 status, body = http_get(url, headers)
                 if status != 200:
                     raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
-                                       + (f"\ngateway log:\n{tail(gw_log)}" if gw_log and key in ("public", "hs", "rs") else ""))
+                                       + (f"\ngateway log:\n{tail(gw_log)}" if gw_log and key in GATEWAY_ROWS else ""))
                 log(f"wrk {name}: {args.duration:.0f} s, {args.connections} connections")
                 ours = [p.pid for p in procs.procs if p.poll() is None]
                 r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours,
                             repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid])
                 if r["cpu_other_cores"] > 0.10:
                     log(f"WARNING: other processes used {r['cpu_other_cores']:.2f} cores during this measurement")
-                if gateway is not None and key in ("public", "hs", "rs") and gateway.poll() is not None:
+                if gateway is not None and key in GATEWAY_ROWS and gateway.poll() is not None:
                     raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{tail(gw_log)}")
                 r["name"] = name
                 rows[key] = r
@@ -1063,7 +1072,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             procs.stop(gateway)
 
         nginx_rps = rows.get("nginx", {}).get("rps")
-        order = ["upstream", "nginx", "public", "hs", "rs"]
+        order = ["upstream", "nginx", "public", "hs", "rs", "hsa"]
         table = [rows[k] for k in order if k in rows]
         for r in table:
             if nginx_rps and "rps" in r:
