@@ -31,7 +31,7 @@ class AssertionSigner:
 
     def assertion(self, identity: Identity, audience: str) -> str:
         key = (identity.sub, identity.email, identity.groups, identity.preferred_username, identity.issuer,
-               identity.session_id, audience)
+               identity.session_id, identity.expires_at, audience)
         now = self.clock()
         hit = self._cache.get(key)
         if hit is not None and hit[0] - RESIGN_BEFORE > now:
