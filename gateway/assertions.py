@@ -51,6 +51,7 @@ class AssertionSigner:
         token = self.ring.sign(claims)
         self.signed += 1
         self._cache[key] = (float(expires), token)
+        self._cache.move_to_end(key)  # a re-signed entry is the most recently used too
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return token
