@@ -31,7 +31,7 @@ class AssertionSigner:
 
     def assertion(self, identity: Identity, audience: str) -> str:
         key = (identity.sub, identity.email, identity.groups, identity.preferred_username, identity.issuer,
-               identity.session_id, audience)
+               identity.session_id, identity.expires_at, audience)
         now = self.clock()
         hit = self._cache.get(key)
         if hit is not None and hit[0] - RESIGN_BEFORE > now:
@@ -51,6 +51,7 @@ class AssertionSigner:
         token = self.ring.sign(claims)
         self.signed += 1
         self._cache[key] = (float(expires), token)
+        self._cache.move_to_end(key)  # a re-signed entry is the most recently used too
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return token

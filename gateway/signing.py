@@ -181,6 +181,8 @@ class KeyRing:
             raise AuthError("invalid audience", "bad_audience") from None
         except jwt_errors.InvalidSignatureError:
             raise AuthError("invalid signature", "bad_signature") from None
+        except jwt_errors.InvalidAlgorithmError:
+            raise AuthError("algorithm not allowed", "bad_algorithm") from None
         except Exception:
             raise AuthError("malformed token", "malformed") from None
         if not isinstance(claims.get("sub"), str) or not claims["sub"] or not is_number(claims.get("exp")):
