@@ -21,7 +21,7 @@ from .tokens import TokenVerifier, bearer_from_header
 
 # (cookies, route) -> (identity, cookie updates a refresh made)
 SessionLoader = Callable[[Mapping[str, str], Optional[RouteConfig]], Awaitable[Tuple[Optional[Identity], Cookies]]]
-SessionAlive = Callable[[str], Awaitable[bool]]
+SessionAlive = Callable[[Identity], Awaitable[bool]]
 SESSION_ENDED = AuthError("the session this token was issued for has ended", "session_ended")
 
 
@@ -57,7 +57,7 @@ class Authenticator:
                 return AuthResult(error=exc, token_sent=True)
             if identity.source == "gateway" and not (
                     identity.session_id and self.session_alive is not None
-                    and await self.session_alive(identity.session_id)):
+                    and await self.session_alive(identity)):
                 return AuthResult(error=SESSION_ENDED, token_sent=True)
             return AuthResult(identity=identity, token_sent=True)
         if self.session_loader is not None and (route is None or route.auth == AUTH_LOGIN):

@@ -310,9 +310,8 @@ class SignOutHandler(OAuthHandler):
         if login is None:
             return self.answer(Redirect(safe_redirect_path(rd)))
         answer, session = await login.sign_out(rd, self.accepted.head.cookies)
-        if session is not None:
+        if session is not None:  # its WebSockets close as the revocation reaches every worker and instance
             self.scope.user = session.sub
-            self.gateway.sessions_ended(session.id)
         self.answer(answer)
 
     post = get
@@ -332,18 +331,38 @@ class JWKSHandler(OAuthHandler):
     head = get
 
 
-class TokenHandler(OAuthHandler):
-    """/oauth2/token: GET shows a signed-in person a token; POST redeems a CLI's code with its verifier."""
+class FormHandler(OAuthHandler):
+    """An endpoint that takes a small ``application/x-www-form-urlencoded`` POST body (kept up to MAX_FORM)."""
 
     MAX_FORM = 4096
     _form = b""
 
     def data_received(self, chunk: bytes) -> Any:
         if self.request.method == "POST" and len(self._form) + len(chunk) <= self.MAX_FORM:
-            self._form += chunk  # a small form (code, code_verifier); anything larger is refused below
+            self._form += chunk
             return None
-        self._body_seen = self.MAX_FORM + 1
+        self._body_seen = self.MAX_FORM + 1  # too large: refused by form()
         return None
+
+    def form(self) -> Optional[dict]:
+        """The form's fields, or None after answering why it cannot be read."""
+        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if self._body_seen > self.MAX_FORM:
+            self.answer(Json({"error": "invalid_request", "error_description": "form too large"}, status=413))
+            return None
+        if ctype != "application/x-www-form-urlencoded":
+            self.answer(Json({"error": "invalid_request", "error_description":
+                              "send the form as application/x-www-form-urlencoded"}, status=400))
+            return None
+        fields = parse_qs(self._form.decode("utf-8", "replace"), keep_blank_values=True)
+        if any(len(v) > 1 for v in fields.values()):
+            self.answer(Json({"error": "invalid_request", "error_description": "repeated form field"}, status=400))
+            return None
+        return {k: v[0] for k, v in fields.items()}
+
+
+class TokenHandler(FormHandler):
+    """/oauth2/token: GET shows a signed-in person a token; POST redeems a CLI's code with its verifier."""
 
     async def get(self) -> None:
         self.answer(await pipeline.token_page(self.accepted, self.runtime))
@@ -352,18 +371,23 @@ class TokenHandler(OAuthHandler):
         tokens = self.runtime.script_tokens
         if tokens is None:
             return self.answer(Refusal(404, "browser login is not configured"))
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if self._body_seen > self.MAX_FORM:
-            return self.answer(Json({"error": "invalid_request", "error_description": "form too large"}, status=413))
-        if ctype != "application/x-www-form-urlencoded":
-            return self.answer(Json({"error": "invalid_request", "error_description":
-                                     "send code and code_verifier as application/x-www-form-urlencoded"},
-                                    status=400))
-        fields = parse_qs(self._form.decode("utf-8", "replace"), keep_blank_values=True)
-        if any(len(v) > 1 for v in fields.values()):
-            return self.answer(Json({"error": "invalid_request", "error_description": "repeated form field"},
-                                    status=400))
-        self.answer(await tokens.cli_exchange({k: v[0] for k, v in fields.items()}))
+        fields = self.form()
+        if fields is not None:
+            self.answer(await tokens.cli_exchange(fields))
+
+
+class BackchannelLogoutHandler(FormHandler):
+    """/oauth2/backchannel_logout: the provider ends a session (OpenID Connect Back-Channel Logout 1.0)."""
+
+    MAX_FORM = 16 * 1024
+
+    async def post(self) -> None:
+        logouts = self.runtime.logouts
+        if logouts is None:
+            return self.answer(Refusal(404, "browser login is not configured"))
+        fields = self.form()
+        if fields is not None:
+            self.answer(await logouts.backchannel(fields))
 
 
 class CLIHandler(OAuthHandler):
@@ -387,5 +411,5 @@ class ForwardAuthHandler(OAuthHandler):
 OWN_HANDLERS = {
     "start": StartHandler, "callback": CallbackHandler, "handoff": HandoffHandler, "sign_out": SignOutHandler,
     "userinfo": UserInfoHandler, "auth": ForwardAuthHandler, "jwks": JWKSHandler, "token": TokenHandler,
-    "cli": CLIHandler,
+    "cli": CLIHandler, "backchannel_logout": BackchannelLogoutHandler,
 }

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from .answers import Answer, CookieOp, Cookies, Page, Redirect, Refusal
 from .config import AUTH_LOGIN, Config, RouteConfig
 from .redirects import safe_redirect_path
+from .revocations import Revocation, Revocations, SessionRef, session_ref
 from .routing import normalize_host
 from .discovery import DiscoveryCache
 from .jwks import JWKSRegistry
@@ -71,7 +72,7 @@ class LoginManager:
     """Everything browser login needs for one config: provider clients, session store, cookie codecs."""
 
     def __init__(self, config: Config, http_client: Any, jwks: JWKSRegistry, discovery: DiscoveryCache,
-                 *, clock: Any = time.time):
+                 *, clock: Any = time.time, revocations: Optional[Revocations] = None):
         self.config = config
         self.clock = clock
         session = config.session
@@ -86,6 +87,8 @@ class LoginManager:
         self.cookie_domain = session.cookie_domain
         self._route_hosts = tuple(dict.fromkeys(r.host for r in config.routes if r.host))
         self.store: SessionStore = make_session_store(session)
+        # Ended sessions (outlive a reload: the Gateway's), shared with the workers and, through Redis, instances.
+        self.revocations = revocations if revocations is not None else Revocations(clock=clock, path="")
         assert session.secret is not None
         self.state_codec = CookieCodec(session.secret, session.previous_secrets, purpose="login-state")
         keep = rule_claims(config)
@@ -96,11 +99,10 @@ class LoginManager:
         }
         self._refreshing: dict[str, asyncio.Future] = {}
         self._retry: dict[str, tuple[float, float]] = {}  # session id -> (next refresh try, delay)
-        # Sessions whose refresh was refused: a browser replaying the old cookie costs no provider call.
-        self._ended: dict[str, None] = {}
         self._reachable: dict[str, tuple[float, bool]] = {}  # provider -> (valid until, reachable)
 
     async def start(self) -> None:
+        self.store.subscribe(self.revocations)  # Redis: other instances' ends reach this one
         for client in self.clients.values():
             asyncio.ensure_future(self._warm(client))
 
@@ -415,6 +417,8 @@ class LoginManager:
         session = await self.store.load(cookies)
         if session is None:
             return None, ()
+        if self.revocations.ended(_ref(session)):  # signed out, logged out or revoked: a replayed cookie
+            return None, await self._clear(cookies)
         if route is not None and route.auth == AUTH_LOGIN and session.provider not in self.providers_for(route):
             return None, ()
         ops: Cookies = ()
@@ -427,6 +431,8 @@ class LoginManager:
             sub=session.sub, email=session.email, groups=tuple(session.groups),
             preferred_username=session.preferred_username, issuer=session.claims.get("iss"),
             claims=session.claims, source="session", expires_at=session.expires_at, session_id=session.id,
+            provider=session.provider, provider_sid=_text(session.claims.get("sid")),
+            provider_sub=_text(session.claims.get("sub")) or session.sub, started_at=session.created_at,
         ), ops
 
     def _refresh_due(self, session: Session) -> bool:
@@ -437,18 +443,16 @@ class LoginManager:
         margin = min(REFRESH_BEFORE, max(0.0, (session.access_expires_at - issued) / 5))
         return self.clock() >= session.access_expires_at - margin
 
-    async def session_alive(self, session_id: str) -> bool:
-        """Has the session not ended? Its tokens (``sid``) are refused once it has."""
-        if session_id in self._ended:
+    async def session_alive(self, identity: Identity) -> bool:
+        """Has the session of this identity (one of the gateway's own tokens) not ended?"""
+        if not identity.session_id or self.revocations.ended(session_ref(identity)):
             return False
-        return await self.store.alive(session_id)
+        return await self.store.alive(identity.session_id)
 
-    def _end(self, session_id: str) -> None:
-        """Remember an ended session in this process (a replayed cookie or token of it is refused)."""
-        self._retry.pop(session_id, None)
-        if len(self._ended) >= MAX_RETRY_ENTRIES:
-            self._ended.pop(next(iter(self._ended)))
-        self._ended[session_id] = None
+    def _end(self, session: Session) -> None:
+        """Remember an ended session (here, in the workers, in other instances): its cookie and tokens are refused."""
+        self._retry.pop(session.id, None)
+        self.revocations.add(Revocation("id", session.id, until=session.expires_at))
 
     def _past_grace(self, session: Session) -> bool:
         """Access never outlives the access token by more than ``session.refresh_grace``."""
@@ -461,8 +465,6 @@ class LoginManager:
         A refused refresh ends the session; an unreachable provider is retried
         with backoff (not on every request) until the grace runs out.
         """
-        if session.id in self._ended:
-            return None, await self._clear(cookies)
         retry = self._retry.get(session.id)
         if retry is not None and self.clock() < retry[0]:
             if self._past_grace(session):
@@ -477,7 +479,7 @@ class LoginManager:
         try:
             outcome, renewed = await asyncio.shield(running)
             if renewed is None:
-                self._end(session.id)
+                self._end(session)
                 return None, await self._clear(cookies)
             if outcome == "kept":
                 return renewed, ()
@@ -562,7 +564,8 @@ class LoginManager:
         target = safe_redirect_path(rd) if rd else ""
         session = await self.store.load(cookies)
         if session is not None:
-            self._end(session.id)
+            self._end(session)
+            self._revoke_at_provider(session)
         ops = await self._clear(cookies)
         ops += tuple(CookieOp(name) for name in cookies
                      if name.startswith(self.login_cookie_prefix) or name == self.signed_out_cookie)
@@ -585,6 +588,20 @@ class LoginManager:
         if target:
             return Redirect(target, reason="signed out", cookies=ops), session
         return _signed_out_page(ops), session
+
+    def _revoke_at_provider(self, session: Session) -> None:
+        """RFC 7009, in the background: a slow or failing provider never holds up the sign-out."""
+        client = self.clients.get(session.provider)
+        if client is None or not (session.refresh_token or session.access_token):
+            return
+
+        async def revoke() -> None:
+            try:
+                await client.revoke(session.refresh_token, session.access_token)
+            except Exception as exc:  # logged, never raised: the sign-out is done already
+                log.warning("revoking the tokens of %s at %s failed: %s", session.sub, client.name, exc)
+
+        asyncio.ensure_future(revoke())
 
     def landing(self, cookies: Mapping[str, str], path: str, query: str = "") -> Optional[Answer]:
         """Back from the provider's sign-out at its landing path: on to ``rd``, or the "signed out" page.
@@ -628,6 +645,15 @@ def _state_id(state: str) -> str:
 def _digest(binding: str) -> str:
     """What travels in URLs instead of a browser's binding: its SHA-256, base64url (43 characters)."""
     return base64.urlsafe_b64encode(hashlib.sha256(binding.encode()).digest()).rstrip(b"=").decode()
+
+
+def _ref(session: Session) -> SessionRef:
+    return SessionRef(session.id, session.provider, _text(session.claims.get("sid")),
+                      _text(session.claims.get("sub")) or session.sub, session.created_at, session.sub)
+
+
+def _text(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
 
 
 def _consteq(a: str, b: str) -> bool:

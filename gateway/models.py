@@ -23,6 +23,11 @@ class Identity:
     source: str = "token"  # "token" or "session"
     expires_at: Optional[float] = None  # unix time
     session_id: Optional[str] = None  # the login session it came from, if any
+    # of that session, so that a logout naming any of them ends it (gateway.revocations)
+    provider: Optional[str] = None  # the provider's name in routes.yaml
+    provider_sid: Optional[str] = None  # the provider's session (its ID token's sid)
+    provider_sub: Optional[str] = None  # the provider's subject
+    started_at: float = 0.0  # when the person signed in
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("gateway")
 
 OWN_PREFIX = "/oauth2"
-OWN_ENDPOINTS = frozenset({"start", "callback", "handoff", "sign_out", "userinfo", "auth", "jwks", "token", "cli"})
+OWN_ENDPOINTS = frozenset({"start", "callback", "handoff", "sign_out", "userinfo", "auth", "jwks", "token", "cli",
+                           "backchannel_logout"})
 BODILESS = frozenset({"GET", "HEAD"})
 SHUTDOWN = Refusal(503, "cut by shutdown", headers=(("Connection", "close"), ("Retry-After", "1")))
 

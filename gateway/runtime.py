@@ -10,6 +10,8 @@ The adapters and the pipeline read ``gateway.runtime`` once per request.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import IO, Any, Optional
 
 from tornado.httpclient import AsyncHTTPClient
@@ -22,7 +24,9 @@ from .discovery import DiscoveryCache
 from .forwarding import Balancer, Clients
 from .jwks import JWKSRegistry
 from .login import LoginManager
+from .logout import Logouts
 from .models import Identity
+from .revocations import Revocation, Revocations, session_ref
 from .routing import RouteTable
 from .script_tokens import AUDIENCE, ScriptTokens, own_identity
 from .signing import KeyRing
@@ -33,7 +37,7 @@ from .tokens import TokenVerifier
 class Runtime:
     """Everything derived from one config; never mutated after construction."""
 
-    def __init__(self, config: Config, http_client: AsyncHTTPClient):
+    def __init__(self, config: Config, http_client: AsyncHTTPClient, revocations: Optional[Revocations] = None):
         self.config = config
         self.routes = RouteTable(config.routes)
         self.balancers = {route.name: Balancer(route.upstreams) for route in config.routes}
@@ -51,9 +55,12 @@ class Runtime:
                                       own=(self.keys.issuer, self._own_identity))
         self.login: Optional[LoginManager] = None
         self.script_tokens: Optional[ScriptTokens] = None
+        self.logouts: Optional[Logouts] = None
         if config.providers:
-            self.login = LoginManager(config, http_client, self.jwks, self.discovery)
-            self.script_tokens = ScriptTokens(self.keys, self.login.store, lifetime=config.signing.token_lifetime)
+            self.login = LoginManager(config, http_client, self.jwks, self.discovery, revocations=revocations)
+            self.script_tokens = ScriptTokens(self.keys, self.login.store, lifetime=config.signing.token_lifetime,
+                                              codec=self.login.state_codec)
+            self.logouts = Logouts(self.login)
         # Cookies get Secure when browsers reach the gateway over https (public_url)
         self.secure_cookies = self.login is not None and self.login.secure
         self.cookie_domain = config.session.cookie_domain if self.login is not None else ""
@@ -101,38 +108,53 @@ class Gateway:
         self.clients = clients or Clients()
         self.metrics = Metrics()
         self.access_log = access_log or AccessLog(log_stream)
-        self.runtime = Runtime(config, self.http)
+        # Ended sessions outlive a reload; they close the WebSockets of sessions they name, wherever they end.
+        self.revocations = Revocations()
+        self.revocations.listen(self._revoked)
+        self.runtime = Runtime(config, self.http, self.revocations)
         self.websockets: set = set()
         self.active: set = set()  # adapters with a request in flight (each has cut_for_shutdown)
-        self._by_session: dict[str, set] = {}
+        self._session_sockets: dict = {}  # socket -> (SessionRef, expiry timer)
 
     @property
     def config(self) -> Config:
         return self.runtime.config
 
     async def start(self) -> None:
+        self.revocations.start()
         await self.runtime.start()
+
+    def new_runtime(self, config: Config) -> Runtime:
+        """A Runtime for a reloaded config, sharing what outlives it."""
+        return Runtime(config, self.http, self.revocations)
 
     async def readiness(self) -> list[str]:
         """What is not ready yet; an empty list means ready."""
         return await self.runtime.readiness()
 
-    def track_websocket(self, session_id: Optional[str], socket: Any) -> None:
+    def track_websocket(self, identity: Optional[Identity], socket: Any) -> None:
+        """A relayed WebSocket; one opened with a session closes (1008) when that session ends or expires."""
         self.websockets.add(socket)
-        if session_id:
-            self._by_session.setdefault(session_id, set()).add(socket)
+        if identity is None or not identity.session_id:
+            return
+        timer = None
+        if identity.expires_at is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, identity.expires_at - time.time())
+            timer = loop.call_later(delay, lambda: socket.close(1008, "session expired"))
+        self._session_sockets[socket] = (session_ref(identity), timer)
 
-    def untrack_websocket(self, session_id: Optional[str], socket: Any) -> None:
+    def untrack_websocket(self, socket: Any) -> None:
         self.websockets.discard(socket)
-        if session_id and session_id in self._by_session:
-            self._by_session[session_id].discard(socket)
-            if not self._by_session[session_id]:
-                del self._by_session[session_id]
+        _, timer = self._session_sockets.pop(socket, (None, None))
+        if timer is not None:
+            timer.cancel()
 
-    def sessions_ended(self, session_id: str) -> None:
-        """A session was signed out: close the WebSockets it opened (policy violation, 1008)."""
-        for socket in list(self._by_session.pop(session_id, ())):
-            socket.close(1008, "session ended")
+    def _revoked(self, entry: Revocation) -> None:
+        """A session ended (here, in another worker or instance): close the WebSockets it opened (1008)."""
+        for socket, (ref, _) in list(self._session_sockets.items()):
+            if self.revocations.matches(entry, ref):
+                socket.close(1008, "session ended")
 
     def close_websockets(self, code: int = 1001, reason: str = "gateway shutting down") -> None:
         """Close both legs of every relayed WebSocket (going away, 1001, on shutdown)."""
@@ -140,6 +162,7 @@ class Gateway:
             socket.close_both(code, reason)
 
     async def close(self) -> None:
+        self.revocations.stop()
         await self.runtime.close()
         self.clients.close()
         self.http.close()

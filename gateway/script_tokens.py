@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlencode
 
 from .answers import Answer, Json, Page, Redirect, Refusal
-from .models import Identity
+from .models import Identity, is_number
 from .providers import random_token
 from .signing import KeyRing
 
@@ -43,8 +43,10 @@ def _bad(description: str, error: str = "invalid_request") -> Json:
 class ScriptTokens:
     """Issues the gateway's own bearer tokens for signed-in people."""
 
-    def __init__(self, ring: KeyRing, store: Any, *, lifetime: float, clock: Callable[[], float] = time.time):
+    def __init__(self, ring: KeyRing, store: Any, *, lifetime: float, clock: Callable[[], float] = time.time,
+                 codec: Any = None):
         self.ring = ring
+        self.codec = codec  # encrypts what a CLI code stands for while the store keeps it (Redis sees no identity)
         self.store = store  # the session store: its handoff slots keep CLI codes (single use, 60 s)
         self.lifetime = lifetime
         self.clock = clock
@@ -57,6 +59,13 @@ class ScriptTokens:
             exp = min(exp, int(identity.expires_at))
         claims = {"iss": self.ring.issuer, "aud": AUDIENCE, "sub": identity.sub, "iat": now, "exp": exp,
                   "sid": identity.session_id}
+        if identity.started_at:
+            claims["auth_time"] = int(identity.started_at)
+        # what a logout may name the session by (its provider's session and subject)
+        for name, value in (("idp", identity.provider), ("idp_sid", identity.provider_sid),
+                            ("idp_sub", identity.provider_sub)):
+            if value:
+                claims[name] = value
         if identity.email:
             claims["email"] = identity.email
         if identity.groups:
@@ -92,6 +101,8 @@ class ScriptTokens:
                                                                        "code_challenge.")
         code = random_token(32)
         note = json.dumps({"c": challenge, "i": _identity_dict(identity)}).encode()
+        if self.codec is not None:
+            note = self.codec.encode("cli-code", note, CLI_CODE_TTL).encode()
         await self.store.put_handoff("cli:" + code, note, CLI_CODE_TTL)
         # Only the loopback address, only the port given, only /callback: nothing from the query is a URL.
         return Redirect(f"http://127.0.0.1:{int(port)}/callback?" + urlencode({"code": code}),
@@ -105,6 +116,8 @@ class ScriptTokens:
         if not _VERIFIER.fullmatch(verifier) or len(code) > 100:
             return _bad("malformed code or code_verifier", "invalid_grant")
         raw = await self.store.take_handoff("cli:" + code)  # single use: taken even when the verifier is wrong
+        if raw is not None and self.codec is not None:
+            raw = self.codec.decode("cli-code", raw.decode("ascii", "replace"))
         if raw is None:
             return _bad("the code is unknown, used or expired", "invalid_grant")
         note = json.loads(raw)
@@ -121,22 +134,31 @@ class ScriptTokens:
 def _identity_dict(identity: Identity) -> dict:
     return {"sub": identity.sub, "email": identity.email, "groups": list(identity.groups),
             "preferred_username": identity.preferred_username, "issuer": identity.issuer,
-            "expires_at": identity.expires_at, "sid": identity.session_id}
+            "expires_at": identity.expires_at, "sid": identity.session_id, "provider": identity.provider,
+            "psid": identity.provider_sid, "psub": identity.provider_sub, "started": identity.started_at}
 
 
 def _identity_from(data: Mapping[str, Any]) -> Identity:
     return Identity(sub=data["sub"], email=data.get("email"), groups=tuple(data.get("groups") or ()),
                     preferred_username=data.get("preferred_username"), issuer=data.get("issuer"),
-                    source="session", expires_at=data.get("expires_at"), session_id=data.get("sid"))
+                    source="session", expires_at=data.get("expires_at"), session_id=data.get("sid"),
+                    provider=data.get("provider"), provider_sid=data.get("psid"), provider_sub=data.get("psub"),
+                    started_at=float(data.get("started") or 0.0))
 
 
 def own_identity(claims: Mapping[str, Any]) -> Identity:
     """The identity a verified token of ours carries."""
     groups = claims.get("groups")
+
+    def text(name: str) -> Optional[str]:
+        value = claims.get(name)
+        return value if isinstance(value, str) and value else None
+
     return Identity(sub=claims["sub"], email=claims.get("email") if isinstance(claims.get("email"), str) else None,
                     groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
                     preferred_username=claims.get("preferred_username")
                     if isinstance(claims.get("preferred_username"), str) else None,
                     issuer=claims.get("iss"), claims=dict(claims), source="gateway",
-                    expires_at=float(claims["exp"]), session_id=claims.get("sid")
-                    if isinstance(claims.get("sid"), str) else None)
+                    expires_at=float(claims["exp"]), session_id=text("sid"), provider=text("idp"),
+                    provider_sid=text("idp_sid"), provider_sub=text("idp_sub"),
+                    started_at=float(claims["auth_time"]) if is_number(claims.get("auth_time")) else 0.0)

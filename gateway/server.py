@@ -28,6 +28,7 @@ from .app import make_app
 from .config import Config, ConfigError
 from .config import load, parse_listen
 from .runtime import Gateway, Runtime
+from .revocations import ENV_FILE as REVOCATIONS_FILE
 from .signing import prepare as prepare_signing
 from .telemetry import enable_multiprocess, use_log_format
 
@@ -72,6 +73,8 @@ def serve(path: str, listen: Optional[str] = None, admin_listen: Optional[str] =
 
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     enable_multiprocess(metrics_dir)
+    # Ended sessions reach every worker through one append-only file (gateway.revocations).
+    os.environ[REVOCATIONS_FILE] = os.path.join(metrics_dir, "revocations")
 
     def on_exit(pid: int) -> None:
         from prometheus_client import multiprocess
@@ -269,7 +272,7 @@ class Server:
         self.file_server = new_server
         config = replace(config, server=replace(new_server, listen=self.config.server.listen,
                                                 admin_listen=self.config.server.admin_listen))
-        runtime = Runtime(config, gateway.http)
+        runtime = gateway.new_runtime(config)
         await runtime.start()
         old, gateway.runtime = gateway.runtime, runtime
         self.config = config

@@ -104,7 +104,7 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)
-        self.gateway.track_websocket(self.identity.session_id if self.identity else None, self)
+        self.gateway.track_websocket(self.identity, self)
         self._pump = asyncio.ensure_future(self._upstream_to_client())
 
     async def _upstream_to_client(self) -> None:
@@ -144,7 +144,7 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
                 pass
 
     def on_close(self) -> None:
-        self.gateway.untrack_websocket(self.identity.session_id if self.identity else None, self)
+        self.gateway.untrack_websocket(self)
         if self.upstream is not None and not self._closing:
             self._closing = True
             code = self.close_code if self.close_code not in (None, 1005, 1006) else 1000

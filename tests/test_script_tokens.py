@@ -352,7 +352,8 @@ class Sessions:
         self.ended: set = set()
         self.asked: list = []
 
-    async def alive(self, sid: str) -> bool:
+    async def alive(self, identity) -> bool:
+        sid = identity.session_id
         self.asked.append(sid)
         return sid not in self.ended and await self.store.alive(sid)
 
@@ -479,7 +480,8 @@ def test_runtime_wiring_refuses_a_token_once_its_session_ended(private_key):
     route = runtime.config.routes[0]
     ok = run(runtime.authn.authenticate(f"Bearer {token}", lambda: {}, route))
     assert ok.identity is not None and ok.identity.session_id == "sid-1"
-    runtime.login._end("sid-1")  # as a sign-out or a refused refresh does
+    from gateway.revocations import Revocation
+    runtime.login.revocations.add(Revocation("id", "sid-1", until=time.time() + 3600))  # as a sign-out does
     ended = run(runtime.authn.authenticate(f"Bearer {token}", lambda: {}, route))
     assert ended.identity is None and ended.error.reason == "session_ended"
 

@@ -166,4 +166,9 @@ def _warnings(src: Source, config: Config, items: dict) -> list[str]:
             warn(foreign[0].line, f'route "{foreign[0].name}" logs in on host {foreign[0].host}, which is handed '
                                   "its session from public_url's callback; with several workers that handoff "
                                   "needs session.store: redis:// (or set session.cookie_domain)")
+    backchannel = [p for p in config.providers.values() if p is not None and p.backchannel_logout]
+    if backchannel and session.store == "cookie":
+        warn(line_of(items["providers"][0]) if "providers" in items else 1,
+             f'provider "{backchannel[0].name}" has backchannel_logout with session.store: cookie: a logout ends '
+             "sessions in this instance (all its workers) only; several instances need session.store: redis://")
     return [text for _, text in sorted(found, key=lambda item: item[0])]

@@ -149,6 +149,8 @@ class ProviderConfig:
     post_logout_redirect_uri: str = opt("", kind="url")
     # trust emails the provider marks email_verified: false (default: such an email is no identity)
     allow_unverified_email: bool = opt(False, kind="bool")
+    # accept OpenID Connect Back-Channel Logout at <public_url>/oauth2/backchannel_logout
+    backchannel_logout: bool = opt(False, kind="bool")
     # preset parameters
     base_url: str = opt("", kind="url")  # github, gitlab (self-hosted), keycloak
     realm: str = opt("", kind="string")  # keycloak

@@ -219,6 +219,27 @@ class ProviderClient(ABC):
         """A refresh, checked: the new tokens still belong to ``sub``."""
         return await self.refresh(refresh_token)
 
+    async def revoke(self, refresh_token: Optional[str], access_token: Optional[str]) -> bool:
+        """RFC 7009 at the provider's ``revocation_endpoint``: the refresh token (which also ends the
+        access tokens it made, at most providers), else the access token. False when it has none."""
+        metadata = await self.endpoints()
+        endpoint = self.endpoint(metadata, "revocation_endpoint", required=False)
+        token, hint = (refresh_token, "refresh_token") if refresh_token else (access_token, "access_token")
+        if endpoint is None or not token:
+            return False
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+        form = {"token": token, "token_type_hint": hint}
+        self.client_auth(metadata, form, headers)
+        request = HTTPRequest(endpoint, method="POST", headers=headers, body=urlencode(form),
+                              connect_timeout=self._timeout, request_timeout=self._timeout, follow_redirects=False)
+        response = await self.fetch(request, "revocation")
+        if response.code != 200:
+            log.warning("provider %s: revoking the %s failed: HTTP %d", self.name, hint.replace("_", " "),
+                        response.code)
+            return False
+        log.info("provider %s: %s revoked at sign-out", self.name, hint.replace("_", " "))
+        return True
+
     def auth_method(self, metadata: Dict[str, Any]) -> str:
         """The configured method, else Basic unless the provider lists only client_secret_post."""
         if self.config.token_endpoint_auth_method:

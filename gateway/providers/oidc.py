@@ -49,7 +49,9 @@ DEFAULT_ID_TOKEN_ALGS = ("RS256",)  # OpenID Connect Core 1.0, section 15.1: the
 READY_WAIT = 2.0  # ready() waits this long for a first discovery fetch, which goes on in the background
 READY_RETRY = 5.0  # after a failed discovery, ready() does not try again for this long
 MAX_ID_TOKEN_LENGTH = 64 * 1024
-MS_TENANT_TEMPLATE = "{tenantid}"  # what Microsoft's multi-tenant discovery documents name as issuer
+MS_TENANT_TEMPLATE = "{tenantid}"
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_MAX_AGE = 300.0  # a logout token issued longer ago than this is refused  # what Microsoft's multi-tenant discovery documents name as issuer
 _HASHES = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 
 
@@ -204,6 +206,84 @@ class OIDCClient(ProviderClient):
         log.warning("provider %s: invalid id_token: %s", self.name, what)
         return ProviderError(f"invalid id_token: {what}", reason)
 
+    async def _signed_claims(self, token: str, what: str) -> Dict[str, Any]:
+        """The claims of a JWT signed by this provider's keys (``what``: id_token or logout_token), unchecked."""
+        if not isinstance(token, str) or not token or len(token) > MAX_ID_TOKEN_LENGTH:
+            raise self._invalid_token(what, "malformed", f"{what}_malformed")
+        try:
+            header = jwt.get_unverified_header(token)
+        except Exception:
+            raise self._invalid_token(what, "malformed", f"{what}_malformed") from None
+        alg = header.get("alg")
+        metadata = await self.metadata()
+        if not isinstance(alg, str) or alg not in self._allowed_algs(metadata):
+            # Never "none", never HS*: only asymmetric algorithms the provider advertises.
+            raise self._invalid_token(what, "algorithm not allowed", f"{what}_alg")
+        jwks_uri = self.endpoint(metadata, "jwks_uri")
+        assert jwks_uri is not None
+        kid = header.get("kid")  # the only header used to find the key: jku/x5u/jwk/x5c are ignored
+        if kid is not None and not isinstance(kid, str):
+            raise self._invalid_token(what, "malformed", f"{what}_malformed")
+        try:
+            key = await self._jwks.get(jwks_uri).get_key(kid, alg)
+        except KeysUnavailable:
+            log.warning("provider %s: no signing keys from %s", self.name, safe_url(jwks_uri))
+            raise ProviderUnavailable(reason="keys_unavailable") from None
+        except AuthError:
+            raise self._invalid_token(what, "unknown signing key", f"{what}_unknown_key") from None
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg], options={
+                "verify_signature": True, "verify_aud": False, "verify_iss": False, "verify_exp": False,
+                "verify_iat": False, "verify_nbf": False, "require": [],
+            })
+        except jwt_errors.InvalidSignatureError:
+            raise self._invalid_token(what, "bad signature", f"{what}_signature") from None
+        except jwt_errors.InvalidKeyError:
+            raise self._invalid_token(what, "bad signing key", f"{what}_signature") from None
+        except Exception:
+            raise self._invalid_token(what, "malformed", f"{what}_malformed") from None
+        if not isinstance(claims, dict):
+            raise self._invalid_token(what, "malformed", f"{what}_malformed")
+        return claims
+
+    def _invalid_token(self, what: str, detail: str, reason: str) -> ProviderError:
+        log.warning("provider %s: invalid %s: %s", self.name, what, detail)
+        return ProviderError(f"invalid {what}: {detail}", reason)
+
+    async def validate_logout_token(self, token: str) -> Dict[str, Any]:
+        """OpenID Connect Back-Channel Logout 1.0, section 2.6: the verified claims, or ProviderError."""
+        claims = await self._signed_claims(token, "logout_token")
+
+        def invalid(detail: str) -> ProviderError:
+            return self._invalid_token("logout_token", detail, "logout_token_invalid")
+
+        if not self._issuer_ok(claims.get("iss"), claims):
+            raise invalid("wrong issuer")
+        aud = claims.get("aud")
+        if self.config.client_id not in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []):
+            raise invalid("wrong audience")
+        now = self._clock()
+        iat = claims.get("iat")
+        if not is_number(iat) or isinstance(iat, bool) or iat > now + self._leeway \
+                or iat < now - LOGOUT_TOKEN_MAX_AGE - self._leeway:
+            raise invalid("iat missing or not recent")
+        exp = claims.get("exp")
+        if exp is not None and (not is_number(exp) or exp <= now - self._leeway):
+            raise invalid("expired")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
+            raise invalid("no back-channel logout event")
+        if "nonce" in claims:
+            raise invalid("a nonce (this is an ID token)")
+        sid, sub = claims.get("sid"), claims.get("sub")
+        if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+            raise invalid("neither sid nor sub")
+        if (sid is not None and not isinstance(sid, str)) or (sub is not None and not isinstance(sub, str)):
+            raise invalid("malformed sid or sub")
+        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+            raise invalid("no jti")
+        return claims
+
     async def validate_id_token(self, id_token: str, *, nonce: Optional[str],
                                 access_token: Optional[str] = None) -> Dict[str, Any]:
         """The verified claims of ``id_token`` (OpenID Connect Core 1.0, section 3.1.3.7).
@@ -212,42 +292,8 @@ class OIDCClient(ProviderClient):
         after a refresh, where the ID token may repeat the original nonce or
         have none. With ``access_token``, a present ``at_hash`` must match it.
         """
-        if not isinstance(id_token, str) or not id_token or len(id_token) > MAX_ID_TOKEN_LENGTH:
-            raise self._invalid("malformed", "id_token_malformed")
-        try:
-            header = jwt.get_unverified_header(id_token)
-        except Exception:
-            raise self._invalid("malformed", "id_token_malformed") from None
-        alg = header.get("alg")
-        metadata = await self.metadata()
-        if not isinstance(alg, str) or alg not in self._allowed_algs(metadata):
-            # Never "none", never HS*: only asymmetric algorithms the provider advertises.
-            raise self._invalid("algorithm not allowed", "id_token_alg")
-        jwks_uri = self.endpoint(metadata, "jwks_uri")
-        assert jwks_uri is not None
-        kid = header.get("kid")  # the only header used to find the key: jku/x5u/jwk/x5c are ignored
-        if kid is not None and not isinstance(kid, str):
-            raise self._invalid("malformed", "id_token_malformed")
-        try:
-            key = await self._jwks.get(jwks_uri).get_key(kid, alg)
-        except KeysUnavailable:
-            log.warning("provider %s: no signing keys from %s", self.name, safe_url(jwks_uri))
-            raise ProviderUnavailable(reason="keys_unavailable") from None
-        except AuthError:
-            raise self._invalid("unknown signing key", "id_token_unknown_key") from None
-        try:
-            claims = jwt.decode(id_token, key, algorithms=[alg], options={
-                "verify_signature": True, "verify_aud": False, "verify_iss": False, "verify_exp": False,
-                "verify_iat": False, "verify_nbf": False, "require": [],
-            })
-        except jwt_errors.InvalidSignatureError:
-            raise self._invalid("bad signature", "id_token_signature") from None
-        except jwt_errors.InvalidKeyError:
-            raise self._invalid("bad signing key", "id_token_signature") from None
-        except Exception:
-            raise self._invalid("malformed", "id_token_malformed") from None
-        if not isinstance(claims, dict):
-            raise self._invalid("malformed", "id_token_malformed")
+        claims = await self._signed_claims(id_token, "id_token")
+        alg = jwt.get_unverified_header(id_token)["alg"]  # verified to be an allowed one
         self._check_claims(claims, nonce)
         at_hash = claims.get("at_hash")
         if access_token is not None and at_hash is not None:

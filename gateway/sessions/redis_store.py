@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import secrets
 import time
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from ..config import SessionConfig
@@ -24,6 +25,8 @@ from .model import (
     log,
 )
 from .store import CookieUpdate, SessionStore, SessionStoreError, _require_secret
+
+REVOCATIONS_CHANNEL = REDIS_KEY_PREFIX + "revocations"
 
 redact_url = safe_url  # a Redis URL without its password, fit for a log line or an error
 
@@ -78,6 +81,7 @@ class RedisSessionStore(SessionStore):
         )
         self._unlock = self._redis.register_script(_UNLOCK_SCRIPT)
         self._lock_tokens: Dict[str, str] = {}
+        self._listener: Optional["asyncio.Task[None]"] = None
 
     # keys
 
@@ -92,6 +96,98 @@ class RedisSessionStore(SessionStore):
     @staticmethod
     def sid_key(session_id: str) -> str:
         return f"{REDIS_KEY_PREFIX}sid:{session_id}"
+
+    @staticmethod
+    def index_key(kind: str, provider: str, value: str) -> str:
+        digest = hashlib.sha256(f"{kind}\0{provider}\0{value}".encode()).hexdigest()
+        return f"{REDIS_KEY_PREFIX}idx:{digest}"
+
+    async def _index(self, session: Session, ticket: str, ttl: int) -> None:
+        meta = json.dumps({"t": ticket, "sub": session.sub, "provider": session.provider,
+                           "created": session.created_at, "expires": session.expires_at}).encode()
+        keys = [self.index_key("user", "", session.sub)]
+        psub, psid = session.claims.get("sub"), session.claims.get("sid")
+        if isinstance(psub, str) and psub:
+            keys.append(self.index_key("sub", session.provider, psub))
+        if isinstance(psid, str) and psid:
+            keys.append(self.index_key("psid", session.provider, psid))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.sid_key(session.id), meta, ex=ttl)
+            for key in keys:
+                pipe.sadd(key, session.id)
+                pipe.expire(key, ttl, gt=True)  # the index lives as long as its longest session
+                pipe.expire(key, ttl, nx=True)
+            await pipe.execute()
+
+    async def find(self, kind: str, value: str, provider: str = "") -> list:
+        """Sessions (id, sub, provider, created, expires) that a logout naming ``kind``/``value`` ends."""
+        if kind == "id":
+            ids = [value]
+        else:
+            ids = [i.decode() for i in await self._redis.smembers(self.index_key(kind, provider, value))]
+        found = []
+        for session_id, raw in zip(ids, await self._redis.mget([self.sid_key(i) for i in ids]) if ids else []):
+            if raw is None:
+                continue
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                continue
+            found.append({"id": session_id, **{k: meta.get(k) for k in ("sub", "provider", "created", "expires")},
+                          "ticket": meta.get("t")})
+        return found
+
+    async def end(self, sessions: list) -> int:
+        """Delete these sessions (as ``find`` gave them) on every instance at once."""
+        keys = []
+        for entry in sessions:
+            keys.append(self.sid_key(entry["id"]))
+            if entry.get("ticket"):
+                keys.append(self.session_key(entry["ticket"]))
+        if not keys:
+            return 0
+        try:
+            await self._redis.delete(*keys)
+        except Exception as exc:
+            raise SessionStoreError(f"could not end sessions in {self._safe_url}: {self._describe(exc)}") from None
+        return len(sessions)
+
+    def subscribe(self, revocations: Any) -> None:
+        """Every instance hears every revocation: published here, received by the others' ``revocations``."""
+        revocations.publish = self._publish
+        if self._listener is None:
+            self._listener = asyncio.ensure_future(self._listen(revocations))
+
+    async def _publish(self, entry: Any) -> None:
+        try:
+            await self._redis.publish(REVOCATIONS_CHANNEL, entry.to_line())
+        except Exception as exc:
+            log.warning("could not tell the other instances of a revocation through %s: %s", self._safe_url,
+                        self._describe(exc))
+
+    async def _listen(self, revocations: Any) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(REVOCATIONS_CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        try:
+                            revocations.received(json.loads(message["data"]))
+                        except ValueError:
+                            pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocation subscription to %s lost (%s); again in 1 s", self._safe_url,
+                            self._describe(exc))
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
 
     async def alive(self, session_id: str) -> bool:
         try:
@@ -187,8 +283,8 @@ class RedisSessionStore(SessionStore):
             raise SessionStoreError(
                 f"could not store the session in {self._safe_url}: {self._describe(exc)}"
             ) from None
-        try:  # the session by its id, so its tokens (sid) can be checked and it can be ended by id
-            await self._redis.set(self.sid_key(session.id), ticket.encode(), ex=ttl)
+        try:  # the session by its id, and an index from what a logout may name it by to that id
+            await self._index(session, ticket, ttl)
         except Exception as exc:
             raise SessionStoreError(
                 f"could not store the session in {self._safe_url}: {self._describe(exc)}"
@@ -274,6 +370,9 @@ class RedisSessionStore(SessionStore):
         return value if isinstance(value, bytes) else None
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
         await self._redis.aclose()
 
 

@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from ..config import SessionConfig
 from .codec import CookieCodec, chunk_cookie, cookie_names, read_chunked
@@ -76,6 +76,17 @@ class SessionStore(ABC):
     async def alive(self, session_id: str) -> bool:
         """Is the session with this id still stored? (A store that cannot tell says yes.)"""
         return True
+
+    async def find(self, kind: str, value: str, provider: str = "") -> list:
+        """Stored sessions a logout naming ``kind`` ("id", "psid", "sub", "user") ends; [] if it cannot tell."""
+        return []
+
+    async def end(self, sessions: list) -> int:
+        """Delete the sessions ``find`` gave; the number ended."""
+        return 0
+
+    def subscribe(self, revocations: Any) -> None:
+        """Hear other instances' revocations (a store shared by instances only)."""
 
     @abstractmethod
     async def put_handoff(self, key: str, payload: bytes, ttl: float) -> None:

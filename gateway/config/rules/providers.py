@@ -79,9 +79,9 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
         if key in items:
             given[key] = src.get_url(items[key][1], f"{where}: {key}", query_ok=key == "userinfo_endpoint"
                                      or key == "post_logout_redirect_uri")
-    if "allow_unverified_email" in items:
-        given["allow_unverified_email"] = src.get_bool(items["allow_unverified_email"][1],
-                                                       f"{where}: allow_unverified_email")
+    for key in ("allow_unverified_email", "backchannel_logout"):
+        if key in items:
+            given[key] = src.get_bool(items[key][1], f"{where}: {key}")
     if "allowed_tenants" in items:
         tenants = src.get_str_list(items["allowed_tenants"][1], f"{where}: allowed_tenants", "[TENANT-ID]")
         given["allowed_tenants"] = BAD if tenants is BAD else tuple(t for t, _ in tenants)
@@ -155,6 +155,10 @@ def provider_entry(src: Source, name: str, key_node: Node, node: Node) -> Any:
             src.error(items["issuer"][0], f"{where}: issuer is for type: oidc; a plain OAuth 2.0 provider "
                                           "has authorization_endpoint, token_endpoint and userinfo_endpoint")
             ok = False
+    if values.get("backchannel_logout") and kind != "oidc":
+        src.error(items["backchannel_logout"][0], f"{where}: backchannel_logout needs an OpenID Connect provider "
+                                                  "(its logout tokens are signed JWTs)")
+        ok = False
     if values.get("allowed_tenants") and not values.get("tenant_issuer"):
         src.error(items["allowed_tenants"][0], f"{where}: allowed_tenants is for preset: microsoft")
         ok = False
