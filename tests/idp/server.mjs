@@ -35,9 +35,10 @@
 //   POST /__test/revoke-refresh[?account=ID] -> delete stored refresh tokens (all, or one
 //                                          account's); they then fail with invalid_grant
 //   GET  /__test/health                -> {"ok": true}
+//   POST /__test/sign {claims, header} -> {"token": JWT signed with the provider's key (logout tokens)}
 
 import { createServer } from 'node:http';
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createSign, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
 import Provider, { errors } from 'oidc-provider';
@@ -251,6 +252,7 @@ async function readRaw(req) {
 
 function buildConfiguration() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  signingKey = privateKey;
   const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' };
 
   const ttl = {
@@ -287,6 +289,12 @@ function buildConfiguration() {
     cookies: { keys: [randomBytes(32).toString('hex')] },
     responseTypes: ['code'],
     clientAuthMethods: config.clientAuthMethods ?? ['client_secret_basic', 'client_secret_post'],
+    // Back-channel logout requests go to the gateway on 127.0.0.1, which the provider's SSRF protection
+    // (special-use addresses refused) would stop: this test provider talks to loopback only.
+    fetch(url, options) {
+      const { dispatcher, ...rest } = options;
+      return globalThis.fetch(url, rest);
+    },
     pkce: { required: () => config.pkceRequired ?? true },
     ttl,
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
@@ -304,6 +312,7 @@ function buildConfiguration() {
       devInteractions: { enabled: false },
       revocation: { enabled: true },
       introspection: { enabled: true },
+      backchannelLogout: { enabled: config.backchannelLogout ?? false },
       userinfo: { enabled: true },
       rpInitiatedLogout: {
         enabled: true,
@@ -480,12 +489,30 @@ async function checkClientAuth(req, res, url) {
 // admin endpoints
 // ---------------------------------------------------------------------------
 
+// The provider's own signing key, for POST /__test/sign (tests craft logout tokens, valid and not).
+let signingKey = null;
+
+function b64url(data) {
+  return Buffer.from(data).toString('base64').replace(/=+$/, '').replace(/\+/g, '-').replace(/\//g, '_');
+}
+
+async function signForTest(req, res) {
+  const { claims, header } = JSON.parse((await readRaw(req)).toString('utf8'));
+  const head = { alg: 'RS256', typ: 'logout+jwt', kid: 'test-rs256', ...(header || {}) };
+  const input = `${b64url(JSON.stringify(head))}.${b64url(JSON.stringify(claims))}`;
+  const signature = createSign('RSA-SHA256').update(input).sign(signingKey);
+  sendJson(res, 200, { token: `${input}.${b64url(signature)}` });
+}
+
 function handleAdmin(req, res, url) {
   if (!url.pathname.startsWith('/__test/')) return false;
   const route = `${req.method} ${url.pathname}`;
   switch (route) {
     case 'GET /__test/health':
       sendJson(res, 200, { ok: true });
+      break;
+    case 'POST /__test/sign':
+      signForTest(req, res).catch((err) => sendJson(res, 400, { error: String(err) }));
       break;
     case 'GET /__test/stats':
       sendJson(res, 200, { ...admin.stats, pending_refresh_failures: admin.failRefresh });
@@ -521,6 +548,13 @@ server.listen(requestedPort, '127.0.0.1', () => {
   const { port } = server.address();
   const issuer = `http://localhost:${port}`;
   const provider = new Provider(issuer, buildConfiguration());
+
+  provider.on('backchannel.error', (ctx, err, client) => {
+    console.error(`backchannel logout to ${client.clientId} failed: ${err} (${err.cause})`);
+  });
+  provider.on('backchannel.success', (ctx, client) => {
+    admin.stats.backchannel_logouts = (admin.stats.backchannel_logouts || 0) + 1;
+  });
 
   // request counters (counted once the provider is done with the request)
   provider.use(async (ctx, next) => {

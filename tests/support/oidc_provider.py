@@ -270,15 +270,20 @@ class OIDCProvider:
 
     # -- helpers -------------------------------------------------------------
 
-    def _request(self, method: str, path: str, timeout: float = 5.0) -> Any:
+    def _request(self, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
         # 127.0.0.1 directly: the server listens there only (avoids a ::1 attempt)
         url = f"http://127.0.0.1:{self.port}{path}"
-        req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(url, method=method, data=data)
         with _OPENER.open(req, timeout=timeout) as resp:
             return json.loads(resp.read().decode())
 
     def discovery(self) -> dict[str, Any]:
         return self._request("GET", "/.well-known/openid-configuration")
+
+    def sign(self, claims: dict, header: dict | None = None) -> str:
+        """A JWT signed with the provider's own key (for crafting logout tokens, good and bad)."""
+        return str(self._request("POST", "/__test/sign", {"claims": claims, "header": header or {}})["token"])
 
     def stats(self) -> dict[str, int]:
         """Counters: token_requests, refresh_requests, authorization_code_requests,
