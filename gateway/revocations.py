@@ -82,7 +82,7 @@ class Revocations:
         self.path = path if path is not None else os.environ.get(ENV_FILE) or None
         self._entries: Dict[Tuple[str, str, str], Revocation] = {}
         self._listeners: List[Callable[[Revocation], None]] = []
-        self._offset = os.path.getsize(self.path) if self.path and os.path.exists(self.path) else 0
+        self._offset = 0  # how much of the shared file this process has read
         self._task: Optional["asyncio.Task[None]"] = None
         self.publish: Optional[Callable[[Revocation], Any]] = None  # set by a store that reaches other instances
         if self.path:
