@@ -74,6 +74,24 @@ def opt(
 
 
 @dataclass(frozen=True)
+class ServerTLS:
+    """``server.tls``: serve HTTPS on ``listen`` (files read again on reload)."""
+
+    cert: str = opt("", kind="string")  # PEM certificate chain file (absolute path after loading)
+    key: str = opt("", kind="string")  # PEM private key file
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """``routes[].tls``: how to verify an ``https://`` upstream, and the client certificate it may ask for."""
+
+    ca: str = opt("", kind="string")  # PEM CA bundle file; "": the system's trust store
+    cert: str = opt("", kind="string")  # client certificate (mutual TLS)
+    key: str = opt("", kind="string")
+    server_name: str = opt("", kind="string")  # the name verified and sent as SNI; "": the URL's host
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     listen: Tuple[str, int] = opt(DEFAULT_LISTEN, kind="hostport")
     public_url: str = opt("http://127.0.0.1:8080", kind="url")
@@ -95,6 +113,8 @@ class ServerConfig:
     max_connections: int = opt(0, kind="integer")  # open client connections per process; 0 = no cap
     # workers: a socket each (even spread) instead of one shared (survives a crash)
     reuse_port: bool = opt(False, kind="bool")
+    tls: Optional[ServerTLS] = opt(None, kind="section", item=ServerTLS)
+    hsts: float = opt(0.0, kind="duration")  # Strict-Transport-Security max-age on HTTPS answers; 0: none
 
 
 @dataclass(frozen=True)
@@ -236,6 +256,7 @@ class RouteConfig:
     max_body_size: Optional[int] = opt(None, kind="size")  # bytes; None: the server's default
     # true, or {header, audience}: send the identity as a JWT signed by signing.key
     identity_assertion: Optional[Assertion] = opt(None, kind="assertion", item=Assertion)
+    tls: Optional[UpstreamTLS] = opt(None, kind="section", item=UpstreamTLS)  # for https:// upstreams
     line: int = opt(0, kind="integer", key=None)  # where the route starts in the file, for messages
 
 

@@ -36,6 +36,8 @@ from ..source import (
     q,
 )
 
+from . import tls as tls_rules
+
 KEYS = yaml_keys(RouteConfig)
 RULE_KEYS = yaml_keys(Rule)
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -154,6 +156,8 @@ def route_entry(src: Source, index: int, node: Node, providers: Any, names: dict
         values["max_body_size"] = src.get_size(n, f"{where}: max_body_size")
     if (n := value("websocket_origins")) is not None:
         values["websocket_origins"] = websocket_origins(src, n, f"{where}: websocket_origins")
+    if (n := value("tls")) is not None:
+        values["tls"] = tls_rules.upstream_tls(src, n, where, values.get("upstreams"))
     if (n := value("identity_assertion")) is not None:
         values["identity_assertion"] = identity_assertion(src, n, f"{where}: identity_assertion")
         if values["identity_assertion"] not in (BAD, None) and values.get("auth") == AUTH_PUBLIC:

@@ -14,6 +14,7 @@ from yaml.nodes import Node, SequenceNode
 
 from ..schema import DEFAULT_LISTEN, ServerConfig, yaml_keys
 from ..source import BAD, BOOL, Scalar, Source, parse_listen, q
+from . import tls as tls_rules
 
 KEYS = yaml_keys(ServerConfig)
 
@@ -106,6 +107,14 @@ def server(src: Source, pair: Optional[Tuple[Node, Node]]) -> ServerConfig:
                 values["log_format"] = text
             else:
                 src.error(node, f'server: log_format must be "text" or "json", not {q(text)}')
+    if (node := value("tls")) is not None:
+        tls = tls_rules.server_tls(src, node)
+        if tls is not BAD:
+            values["tls"] = tls
+    if (node := value("hsts")) is not None:
+        seconds = tls_rules.hsts(src, node)
+        if seconds is not None:
+            values["hsts"] = seconds
     if (node := value("reuse_port")) is not None:
         flag = src.get_bool(node, "server: reuse_port")
         if flag is not BAD:
@@ -117,6 +126,8 @@ def server(src: Source, pair: Optional[Tuple[Node, Node]]) -> ServerConfig:
                 values["max_connections"] = raw
             else:
                 src.error(node, "server: max_connections must be a whole number (0 means no cap)")
+    if "tls" in values and "public_url" not in items and str(values.get("public_url", "")).startswith("http://"):
+        values["public_url"] = "https://" + values["public_url"][len("http://"):]
     return ServerConfig(**values)
 
 
