@@ -156,7 +156,8 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         if getattr(answer, "reason", ""):
             self.acc.scope.reason = answer.reason  # type: ignore[union-attr]
         rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.acc.request_id,
-                          secure=runtime.secure_cookies, domain=runtime.cookie_domain)
+                          secure=runtime.secure_cookies, domain=runtime.cookie_domain,
+                          added=runtime.added_headers)
         sink = self.sink
         sink.start(rendered.status, rendered.reason, rendered.headers)
         sink.write(rendered.body)

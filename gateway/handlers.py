@@ -59,7 +59,8 @@ class GatewayHandler(web.RequestHandler):
         if reason:
             self.scope.reason = reason
         rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.request_id,
-                          secure=self.runtime.secure_cookies, domain=self.runtime.cookie_domain)
+                          secure=self.runtime.secure_cookies, domain=self.runtime.cookie_domain,
+                          added=self.runtime.added_headers)
         self.clear()
         self.set_status(rendered.status, rendered.reason)
         seen = set()

@@ -99,7 +99,8 @@ def error_body(refusal: Refusal, browser: bool, request_id: str) -> Tuple[str, b
     return "text/html; charset=utf-8", page
 
 
-def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = False, domain: str = "") -> Rendered:
+def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = False, domain: str = "",
+           added: tuple = ()) -> Rendered:
     """Status line, headers (``Set-Cookie`` included) and body of one answer."""
     headers: List[Tuple[str, str]] = []
     body = b""
@@ -124,6 +125,7 @@ def render(answer: Answer, *, browser: bool, request_id: str, secure: bool = Fal
     headers.append(("Content-Length", str(len(body))))
     for op in answer.cookies:
         headers.append(("Set-Cookie", set_cookie_header(op, secure, domain)))
+    headers.extend(added)  # the gateway's own on every answer (HSTS)
     status = answer.status
     return Rendered(status, httputil.responses.get(status, "Unknown"), headers, body)
 

@@ -314,8 +314,8 @@ def exchange_for(admitted: Admitted, sink: Any, clients: Any, runtime: "Runtime"
         headers=plan.headers, content_length=plan.content_length, has_body=plan.has_body,
         preserve_host=plan.preserve_host, timeout=plan.timeout, connect_timeout=plan.connect_timeout,
         own_cookie=plan.own_cookie,
-        set_cookies=tuple(set_cookie_header(op, runtime.secure_cookies, runtime.cookie_domain)
-                          for op in admitted.cookies),
+        added_headers=tuple(("Set-Cookie", set_cookie_header(op, runtime.secure_cookies, runtime.cookie_domain))
+                            for op in admitted.cookies) + runtime.added_headers,
     )
 
 

@@ -64,6 +64,10 @@ class Runtime:
         # Cookies get Secure when browsers reach the gateway over https (public_url)
         self.secure_cookies = self.login is not None and self.login.secure
         self.cookie_domain = config.session.cookie_domain if self.login is not None else ""
+        # on every answer: HSTS when the gateway itself serves HTTPS and server.hsts asks for it
+        server = config.server
+        self.added_headers: tuple = ((("Strict-Transport-Security", f"max-age={int(server.hsts)}"),)
+                                     if server.tls is not None and server.hsts > 0 else ())
         self.authn = Authenticator(self.verifier, self.login.load_identity if self.login else None,
                                    self.login.session_alive if self.login else None)
 

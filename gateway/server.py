@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from dataclasses import replace
 from typing import Any, Callable, Optional
@@ -171,9 +172,18 @@ def _cannot_listen(path: str, key: str, address: tuple, exc: OSError) -> int:
     return 1
 
 
-def url_of(sockets: list[socket.socket]) -> str:
+def tls_context(tls: Any) -> ssl.SSLContext:
+    """HTTPS for the proxy port: TLS 1.2 at least, the certificate chain and key of server.tls."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def url_of(sockets: list[socket.socket], scheme: str = "http") -> str:
     host, port = sockets[0].getsockname()[:2]
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 class CappedHTTPServer(HTTPServer):
@@ -224,10 +234,11 @@ class Server:
         server = self.config.server
         # Tornado has one timer for "waiting for the next request head"; the fast delegate keeps the idle
         # and the header timeouts apart (fastpath.HeadWatch), so Tornado's is only the backstop.
+        self.tls = tls_context(server.tls) if server.tls is not None else None
         self.http_server = CappedHTTPServer(
             make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=server.max_header_size,
             idle_connection_timeout=server.idle_timeout + server.header_timeout, body_timeout=None,
-            max_connections=server.max_connections,
+            max_connections=server.max_connections, ssl_options=self.tls,
         )
         sockets = self.sockets or bind(self.config.server.listen)
         self.http_server.add_sockets(sockets)
@@ -244,7 +255,8 @@ class Server:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         watcher = asyncio.ensure_future(self._watch_file())
         who = f" [worker {self.worker}]" if self.worker is not None else ""
-        log.info("gateway listening on %s (admin: %s, config: %s)%s", url_of(sockets), admin_url, self.path, who)
+        log.info("gateway listening on %s (admin: %s, config: %s)%s", url_of(sockets, "https" if self.tls else "http"),
+                 admin_url, self.path, who)
         if self.on_listening is not None:
             self.on_listening()
         await self.stopping.wait()
@@ -269,6 +281,14 @@ class Server:
             log.warning("listen addresses changed in %s: restart the gateway for them to take effect", self.path)
         if new_server.workers != self.file_server.workers:
             log.warning("server.workers changed in %s: restart the gateway for it to take effect", self.path)
+        if (new_server.tls is None) != (self.tls is None):
+            log.warning("server.tls was turned %s in %s: restart the gateway for it to take effect",
+                        "on" if new_server.tls else "off", self.path)
+        elif new_server.tls is not None and self.tls is not None:
+            try:  # new handshakes get the new certificate; open connections keep theirs
+                self.tls.load_cert_chain(new_server.tls.cert, new_server.tls.key)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("server.tls: the new certificate or key cannot be used (%s); keeping the old one", exc)
         self.file_server = new_server
         config = replace(config, server=replace(new_server, listen=self.config.server.listen,
                                                 admin_listen=self.config.server.admin_listen))

@@ -135,11 +135,12 @@ class Exchange:
         timeout: float,
         connect_timeout: float,
         own_cookie: Optional[str] = None,
-        set_cookies: tuple = (),
+        added_headers: tuple = (),
     ):
         self.sink = sink
         self.own_cookie = own_cookie  # the session cookie's name: upstreams may not set it
-        self.set_cookies = set_cookies  # the gateway's own Set-Cookie values (a session refreshed on the way)
+        # the gateway's own headers on the answer: Set-Cookie of a session refreshed on the way, HSTS
+        self.added_headers = added_headers
         self.clients = clients
         self.balancer = balancer
         self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
@@ -203,7 +204,7 @@ class Exchange:
         sink = self.sink
         sink.start(status, reason.strip() or httputil.responses.get(status, "Unknown"),
                    response_headers(status, headers, sink.request_id, self.own_cookie)
-                   + [("Set-Cookie", value) for value in self.set_cookies])
+                   + list(self.added_headers))
         if flush:  # otherwise the headers go out with the first body chunk, in one send
             self.on_body(b"")
 

@@ -14,7 +14,7 @@ import time
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LISTEN_RE = re.compile(r"gateway listening on (http://[^ ]+) \(admin: ([^,]+),")
+LISTEN_RE = re.compile(r"gateway listening on (https?://[^ ]+) \(admin: ([^,]+),")
 
 
 class GatewayProcess:
