@@ -8,7 +8,7 @@ of which rule failed.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence, Tuple
 
 from .config import Rule
 from .models import Decision, Identity
@@ -30,23 +30,40 @@ def authorize(rules: Sequence[Rule], identity: Identity, method: str) -> Decisio
 
 
 def _first_failed_condition(rule: Rule, identity: Identity, method: str) -> str | None:
-    if rule.method is not None and method.upper() not in rule.method:
-        return "method"
-    if rule.sub is not None and identity.sub not in rule.sub:
-        return "sub"
+    for name, _, passed in conditions(rule, identity, method):
+        if not passed:
+            return name
+    return None
+
+
+def conditions(rule: Rule, identity: Identity, method: str) -> Iterator[Tuple[str, Any, bool]]:
+    """Each condition the rule sets: (its name, the value compared, passed), in the order checked.
+
+    The one definition of what a rule means: ``authorize`` stops at the first
+    failure, ``gateway explain`` shows them all.
+    """
+    if rule.method is not None:
+        yield "method", method.upper(), method.upper() in rule.method
+    if rule.sub is not None:
+        yield "sub", identity.sub, identity.sub in rule.sub
     email = (identity.email or "").lower()
-    if rule.email is not None and email not in rule.email:
-        return "email"
+    if rule.email is not None:
+        yield "email", identity.email, email in rule.email
     if rule.email_domain is not None:
         domain = email.rpartition("@")[2] if "@" in email else ""
-        if domain not in rule.email_domain:
-            return "email_domain"
-    if rule.group is not None and rule.group.isdisjoint(identity.groups):
-        return "group"
+        yield "email_domain", domain or None, domain in rule.email_domain
+    if rule.group is not None:
+        yield "group", list(identity.groups), not rule.group.isdisjoint(identity.groups)
     for name, accepted in rule.claim:
-        if not _claim_matches(identity.claims.get(name), accepted):
-            return f"claim {name}"
-    return None
+        value = identity.claims.get(name)
+        yield f"claim {name}", value, _claim_matches(value, accepted)
+
+
+def accepted_values(rule: Rule, condition: str) -> list:
+    """What a condition of ``rule`` accepts, for ``gateway explain``."""
+    if condition.startswith("claim "):
+        return sorted(dict(rule.claim)[condition[len("claim "):]])
+    return sorted(getattr(rule, condition))
 
 
 def _claim_matches(value: Any, accepted: frozenset) -> bool:

@@ -301,6 +301,32 @@ class RouteTable:
             raise ValueError(f"route {route.name!r}: bad path {route.path!r}: {exc.reason}") from None
         return path.rstrip("/") or "/"
 
+    def considered(self, host: str, path: str, method: str) -> list[Tuple[RouteConfig, bool, str]]:
+        """Every route with whether it could take this request and why not (for ``gateway explain``).
+
+        ``match`` decides; this only describes: among the routes that could,
+        host routes (exact, then wildcard) come before host-less ones, and the
+        longest path prefix wins.
+        """
+        host = normalize_host(host)
+        out = []
+        for route in self.routes:
+            route_path = self._route_path(route)
+            pattern = _config_host(route.host) if route.host else None
+            if pattern is not None and not (host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])
+                                                                 and host != pattern[2:])):
+                out.append((route, False, f"host {route.host} is not {host}"))
+            elif not (route_path == "/" or path == route_path or path.startswith(route_path + "/")):
+                out.append((route, False, f"path {route_path} is not a whole-segment prefix of {path}"))
+            elif route.methods is not None and method.upper() not in route.methods and not (
+                    method.upper() == "HEAD" and "GET" in route.methods):
+                out.append((route, False, f"methods {', '.join(sorted(route.methods))} leave out {method.upper()}"))
+            else:
+                how = "exact host" if pattern and not pattern.startswith("*.") else (
+                    "wildcard host" if pattern else "any host")
+                out.append((route, True, f"{how}, path prefix {route_path} ({len(route_path)} characters)"))
+        return out
+
     def match(self, host: str, path: str, method: str) -> "Optional[Match | MethodNotAllowed]":
         """The route for a request, or None (404).
 

@@ -461,24 +461,7 @@ class TokenVerifier:
 
     @staticmethod
     def _identity(payload: Dict[str, Any], issuer: _Issuer) -> Identity:
-        sub = payload.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise _error("token has no sub", "malformed")
-        cfg = issuer.config
-        email = claims.string(claims.claim(payload, cfg.email_claim))
-        if email is not None and claims.email_verified(payload.get("email_verified")) is False \
-                and not cfg.allow_unverified_email:
-            email = None  # an unverified email is no identity: not forwarded, matched by no email rule
-        return Identity(
-            sub=sub,
-            email=email,
-            groups=claims.groups(claims.claim(payload, cfg.groups_claim)),
-            preferred_username=claims.string(claims.claim(payload, cfg.username_claim)),
-            issuer=issuer.name,
-            claims=MappingProxyType(payload),
-            source="token",
-            expires_at=float(payload["exp"]),  # checked to be a finite number before
-        )
+        return identity_from_claims(payload, issuer.config)
 
 
 def _typ_is(found: Any, wanted: str) -> bool:
@@ -489,3 +472,25 @@ def _typ_is(found: Any, wanted: str) -> bool:
         text = text.lower()
         return text[len("application/"):] if text.startswith("application/") else text
     return bare(found) == bare(wanted)
+
+
+def identity_from_claims(payload: Dict[str, Any], cfg: TokenIssuerConfig) -> Identity:
+    """The identity a verified token's claims give, read with its issuer's claim names."""
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise _error("token has no sub", "malformed")
+    email = claims.string(claims.claim(payload, cfg.email_claim))
+    if email is not None and claims.email_verified(payload.get("email_verified")) is False \
+            and not cfg.allow_unverified_email:
+        email = None  # an unverified email is no identity: not forwarded, matched by no email rule
+    exp = payload.get("exp")
+    return Identity(
+        sub=sub,
+        email=email,
+        groups=claims.groups(claims.claim(payload, cfg.groups_claim)),
+        preferred_username=claims.string(claims.claim(payload, cfg.username_claim)),
+        issuer=cfg.issuer,
+        claims=MappingProxyType(payload),
+        source="token",
+        expires_at=float(exp) if is_number(exp) else None,
+    )
