@@ -28,9 +28,11 @@ containing the password.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -47,11 +49,12 @@ SENTINEL_OPTIONS = ("sentinel_password",)
 CERT_REQS = ("required", "none")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
-# How long a command waits for a new master when the sentinels say the old one is gone: quick
-# attempts (each asks the sentinels again) with a short pause, measured in
-# tests/test_redis_production.py (a failover on loopback takes 1-3 s with down-after-milliseconds 500).
+# How long a command waits for a new master when the one the sentinels named is gone: attempts
+# SENTINEL_RETRY_PAUSE apart (each connection attempt asks the sentinels again) for at most
+# SENTINEL_WAIT seconds, plus the attempt under way (at most one socket timeout). On loopback with
+# down-after-milliseconds 500, a killed master is replaced in ~1.7 s (tests/test_redis_production.py).
 SENTINEL_RETRY_PAUSE = 0.25
-SENTINEL_RETRIES = 20
+SENTINEL_WAIT = 5.0
 
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 _SERVICE = re.compile(r"[A-Za-z0-9_.\-]+")
@@ -263,13 +266,14 @@ def connect(url: str, *, timeout: float) -> Any:
 
     Every socket operation is bounded by ``timeout``. Plain and TLS URLs: one quick retry (a pooled
     connection may be stale after a Redis restart) and no backoff, so an unreachable Redis costs a
-    request at most ~2 timeouts. Sentinel URLs: SENTINEL_RETRIES quick attempts SENTINEL_RETRY_PAUSE
-    apart, each asking the sentinels for the master again, so a request made during a failover waits
-    for the new master rather than failing.
+    request at most ~2 timeouts. Sentinel URLs: attempts SENTINEL_RETRY_PAUSE apart for up to
+    SENTINEL_WAIT seconds, each asking the sentinels for the master again, so a request made during a
+    failover waits for the new master rather than failing (and one made while there is no master at
+    all fails after about SENTINEL_WAIT seconds).
     """
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
-    from redis.backoff import ConstantBackoff, NoBackoff
+    from redis.backoff import NoBackoff
 
     common: Dict[str, Any] = {
         "socket_timeout": timeout,
@@ -305,10 +309,11 @@ def connect(url: str, *, timeout: float) -> Any:
     if target.password:
         master_kwargs["password"] = target.password
     assert target.service is not None
+    master_kwargs["connection_class"] = _master_connection_class(tls=master_kwargs.pop("ssl", False))
     return sentinels.master_for(
         target.service,
         redis_class=_master_class(aioredis.Redis),
-        retry=Retry(ConstantBackoff(SENTINEL_RETRY_PAUSE), SENTINEL_RETRIES),
+        retry=_retry_until(SENTINEL_WAIT, SENTINEL_RETRY_PAUSE),
         **master_kwargs,
     )
 
@@ -325,3 +330,70 @@ def _master_class(base: Any) -> Any:
                     await client.aclose()
 
     return SentinelMaster
+
+
+def _retry_until(wait: float, pause: float) -> Any:
+    """A redis-py ``Retry`` bounded by time, not by a count: connection errors and timeouts are
+    retried ``pause`` seconds apart until ``wait`` seconds have passed since the first attempt.
+
+    A count cannot bound a failover wait: an attempt is refused at once when the master's process
+    is gone, but takes a whole socket timeout when it hangs.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ConstantBackoff
+
+    class RetryUntil(Retry):
+        async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                                  with_failure_count: bool = False) -> Any:
+            start = time.monotonic()
+            failures = 0
+            while True:
+                try:
+                    return await do()
+                except self._supported_errors as error:
+                    if is_retryable is not None and not is_retryable(error):
+                        raise
+                    failures += 1
+                    await (fail(error, failures) if with_failure_count else fail(error))
+                    if time.monotonic() - start + pause > wait:
+                        raise error
+                    await asyncio.sleep(pause)
+
+    return RetryUntil(ConstantBackoff(pause), max(1, int(wait / pause)))
+
+
+def _master_connection_class(*, tls: bool) -> Any:
+    """redis-py's Sentinel-managed connection, asking the sentinels for the master on every reconnect.
+
+    redis-py (up to 8.1 at least; redis/redis-py#3874) looks the master up only when the pool hands
+    out a connection that is not connected. A command that fails on a connected connection (the
+    master hangs, a read times out) is retried by reconnecting the same connection to the address it
+    had, so every retry went back to the old master even after the sentinels had named a new one
+    (measured: a read during a SIGSTOP failover failed after 6.5 s, the new master having been
+    known for 4.5 s).
+    """
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.sentinel import SentinelManagedConnection
+
+    class MasterConnection(SentinelManagedConnection):
+        _address_given = False
+
+        async def connect_to(self, address: Any) -> None:  # the pool has just looked it up
+            self._address_given = True
+            try:
+                await super().connect_to(address)
+            finally:
+                self._address_given = False
+
+        async def _connect(self) -> None:
+            if self.connection_pool.is_master and not self._address_given:
+                self.host, self.port = await self.connection_pool.get_master_address()
+            await super()._connect()
+
+    if not tls:
+        return MasterConnection
+
+    class MasterSSLConnection(MasterConnection, SSLConnection):
+        pass
+
+    return MasterSSLConnection
