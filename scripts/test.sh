@@ -10,6 +10,7 @@ source scripts/venv.sh  # as_root, and $PY: the project's own virtual environmen
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
@@ -17,8 +18,20 @@ command -v wrk >/dev/null || missing+=(wrk)
 command -v caddy >/dev/null || missing+=(caddy)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a package's service on install (redis-server, redis-sentinel, nginx); the tests start
+  # their own on free loopback ports, so a policy-rc.d says "no" while installing (removed after if made here).
+  created_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    created_policy=1
+  fi
+  trap 'if [ -n "$created_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi' EXIT
+  as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$created_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+  trap - EXIT
 fi
 
 # Python packages, in the virtual environment: the gateway itself (editable) with its test extras.

@@ -427,7 +427,8 @@ BAD_CONFIGS = [
             "routes.yaml:4: session: cookie_name \"my session\" is not a valid cookie name "
             "(letters, digits and !#$%&'*+-.^_`|~ only)",
             "routes.yaml:5: session: lifetime must be greater than zero",
-            'routes.yaml:6: session: store must be "cookie" or a redis://HOST:PORT/DB (or rediss://) URL',
+            'routes.yaml:6: session: store must be "cookie" or a redis://, rediss://, redis+sentinel:// or '
+            "rediss+sentinel:// URL",
         ],
         id="session",
     ),

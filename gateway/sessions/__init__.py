@@ -61,7 +61,7 @@ def make_session_store(config: SessionConfig, clock: Clock = time.time) -> Sessi
     store = config.store
     if store == "cookie":
         return CookieSessionStore(config, clock)
-    if store.startswith(("redis://", "rediss://", "unix://")):
+    if store.startswith(("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "unix://")):
         return RedisSessionStore(config, store, clock)
     raise ValueError(
         f"unknown session store {redact_url(store)!r}: use 'cookie' or 'redis://HOST:PORT/DB'"

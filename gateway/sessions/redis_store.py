@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from ..config import SessionConfig
 from ..redact import safe_url
+from .redis_connect import connect
 from .codec import CookieCodec, chunk_cookie, cookie_names, read_chunked
 from .model import (
     REDIS_KEY_PREFIX,
@@ -57,10 +58,6 @@ class RedisSessionStore(SessionStore):
         *,
         timeout: float = REDIS_TIMEOUT,
     ):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         secret = _require_secret(config)
         self.cookie_name = config.cookie_name
         self.lifetime = config.lifetime
@@ -70,15 +67,9 @@ class RedisSessionStore(SessionStore):
         self._codec = CookieCodec(secret, config.previous_secrets, "session", clock)
         self._safe_url = redact_url(url)
         self._password = urlsplit(url).password or ""
-        # One quick retry (a pooled connection may be stale after a Redis restart), no backoff:
-        # an unreachable Redis must cost a request at most ~2 timeouts, not redis-py's default 3 backoffs.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
-        )
+        # One quick retry, no backoff (a Sentinel URL: a few quick ones, waiting for a new master):
+        # see redis_connect.connect.
+        self._redis = connect(url, timeout=timeout)
         self._unlock = self._redis.register_script(_UNLOCK_SCRIPT)
         self._lock_tokens: Dict[str, str] = {}
         self._listener: Optional["asyncio.Task[None]"] = None

@@ -13,7 +13,7 @@ from yaml.nodes import Node
 from ..schema import MIN_SECRET_BYTES, SessionConfig, yaml_keys
 from urllib.parse import urlsplit
 
-from ..source import BAD, TOKEN, Source, check_url, is_hostname, q
+from ..source import BAD, TOKEN, Source, is_hostname, q
 
 KEYS = yaml_keys(SessionConfig)
 
@@ -85,12 +85,14 @@ def session(
         if store is not BAD:
             if store == "cookie":
                 values["store"] = store
-            elif check_url(store, ("redis", "rediss"), query_ok=True, credentials_ok=True) is None:
-                values["store"] = store
             else:
-                src.error(
-                    node, 'session: store must be "cookie" or a redis://HOST:PORT/DB (or rediss://) URL'
-                )
+                from ...sessions.redis_connect import check_url as redis_url_problem  # not at import: a cycle
+
+                problem = redis_url_problem(store)
+                if problem is None:
+                    values["store"] = store
+                else:
+                    src.error(node, f"session: store {problem}")
     if "refresh_grace" in items:
         grace = src.get_duration(items["refresh_grace"][1], "session: refresh_grace", positive=False)
         if grace is not BAD:
