@@ -39,6 +39,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     token.add_argument("url", metavar="URL", help="the gateway, as given to login (only its origin counts)")
     logout = sub.add_parser("logout", help="forget the stored token for a gateway")
     logout.add_argument("url", metavar="URL", help="the gateway, as given to login (only its origin counts)")
+    explain = sub.add_parser("explain", help="why a request would be forwarded or refused (offline)")
+    _config_arg(explain)
+    explain.add_argument("method", metavar="METHOD")
+    explain.add_argument("url", metavar="URL", help="e.g. https://apps.example.com/admin/users")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'Name: value'",
+                         help="a request header (repeatable); Host overrides the URL's host")
+    who = explain.add_mutually_exclusive_group()
+    who.add_argument("--claims", metavar="JSON", help="the identity as token claims, e.g. '{\"sub\": \"alice\"}'")
+    who.add_argument("--token", metavar="JWT", help="a bearer token, verified with the configured keys")
+    explain.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -52,6 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cli_login.print_token(args.url)
         return cli_login.logout(args.url)
     _setup_logging()
+    if args.command == "explain":
+        return cmd_explain(args)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "serve":
@@ -73,6 +85,28 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 def _setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Exit 0 when the request would be forwarded, 1 otherwise (a refusal, or a request or config that is wrong)."""
+    import asyncio
+    import json
+
+    from .explain import ExplainError, explain, render
+
+    logging.getLogger().setLevel(logging.ERROR)  # the story is the output; fetch warnings would only interleave
+    try:
+        config = load(args.config)
+        story = asyncio.run(explain(config, args.method, args.url, args.header, claims=args.claims, token=args.token))
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    except ExplainError as exc:
+        print(f"gateway explain: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(story, indent=2, default=str) if args.json else render(story))
+    return 0 if story["verdict"]["forwarded"] else 1
 
 
 def cmd_check(path: str) -> int:
