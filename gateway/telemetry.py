@@ -89,7 +89,7 @@ class JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info).splitlines()[-1]  # the last line, no traceback
-        return json.dumps(entry, separators=(",", ":"))
+        return _compact(entry)
 
 
 def use_log_format(log_format: str) -> None:
@@ -146,6 +146,10 @@ class Metrics:
         self.latency.labels(route).observe(duration)
 
 
+# One encoder for every log line: json.dumps(..., separators=...) builds a new one per call.
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
 class AccessLog:
     """One JSON object per line on ``stream`` (stdout by default).
 
@@ -195,7 +199,7 @@ class AccessLog:
         if scope.reason:
             entry["reason"] = scope.reason
         try:
-            self.stream.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self.stream.write(_compact(entry) + "\n")
         except (OSError, ValueError):
             return  # a closed stdout must not break request handling
         if not self._flush_scheduled:

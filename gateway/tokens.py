@@ -249,7 +249,7 @@ class TokenVerifier:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
-        cache_size: int = DEFAULT_CACHE_SIZE,
+        cache_size: Optional[int] = None,
         max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
         discovery: Optional[DiscoveryCache] = None,
         jwks_options: Optional[Dict[str, Any]] = None,
@@ -264,6 +264,9 @@ class TokenVerifier:
         if problems:
             raise ValueError("; ".join(problems))
         self._clock = clock
+        # tokens[].cache_size of every issuer: one LRU as large as their sum (the default when none is set)
+        if cache_size is None:
+            cache_size = sum(cfg.cache_size for cfg in issuers) if issuers else DEFAULT_CACHE_SIZE
         self._cache_size = cache_size
         self._max_length = max_token_length
         self._cache: "OrderedDict[str, Tuple[float, Identity]]" = OrderedDict()

@@ -207,6 +207,7 @@ class TokenIssuerConfig:
     username_claim: str = opt("preferred_username", kind="string")
     # the JOSE header typ the token must carry, e.g. "at+jwt" (RFC 9068 access tokens); "": any
     require_typ: str = opt("", kind="string")
+    cache_size: int = opt(10_000, kind="integer")  # verified tokens of this issuer remembered until they expire
     # trust an email whose email_verified is false (default: such an email is no identity)
     allow_unverified_email: bool = opt(False, kind="bool")
 

@@ -118,6 +118,13 @@ def token_entry(src: Source, index: int, node: Node, seen: dict[str, Node]) -> A
     for key in ("groups_claim", "email_claim", "username_claim", "require_typ"):
         if key in items:
             values[key] = src.get_str(items[key][1], f"{where}: {key}")
+    if "cache_size" in items:
+        size = src.get_number(items["cache_size"][1])
+        if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= 10_000_000:
+            values["cache_size"] = size
+        elif size is not BAD:
+            src.error(items["cache_size"][1], f"{where}: cache_size must be a whole number from 0 to 10000000")
+            values["cache_size"] = BAD
     if "allow_unverified_email" in items:
         values["allow_unverified_email"] = src.get_bool(items["allow_unverified_email"][1],
                                                         f"{where}: allow_unverified_email")
