@@ -211,6 +211,9 @@ def private_key(src: Source, node: Node, where: str) -> Any:
         return BAD
     label = f"{where}: client_private_key file {q(text)}"
     path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
+    if "\0" in path:
+        src.error(node, f"{label} is not a file name (it holds a NUL character)")
+        return BAD
     if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
         src.error(node, f"{label} is not a regular file")
         return BAD

@@ -62,6 +62,9 @@ def read_key(src: Source, node: Node, text: str, label: str, *, private: bool) -
     else:
         path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
         label = f"{label} file {q(text)}"
+        if "\0" in path:
+            src.error(node, f"{label} is not a file name (it holds a NUL character)")
+            return BAD
         if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
             src.error(node, f"{label} is not a regular file")
             return BAD

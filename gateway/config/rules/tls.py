@@ -23,6 +23,9 @@ def _read(src: Source, node: Node, label: str) -> Any:
     if text is BAD:
         return BAD
     path = os.path.abspath(os.path.join(src.base_dir, os.path.expanduser(text.strip())))
+    if "\0" in path:
+        src.error(node, f"{label} {q(text)} is not a file name (it holds a NUL character)")
+        return BAD
     if not os.path.isfile(path):
         src.error(node, f"{label} {q(text)} is not a readable file" + ("" if os.path.exists(path) else
                                                                         " (it does not exist)"))

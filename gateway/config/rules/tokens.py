@@ -202,6 +202,9 @@ def public_key(src: Source, node: Node, where: str, algorithms: Any) -> Any:
         pem = text
     else:
         path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
+        if "\0" in path:
+            src.error(node, f"{label} file {q(text)} is not a file name (it holds a NUL character)")
+            return BAD
         if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
             src.error(node, f"{label} file {q(text)} is not a regular file")
             return BAD
