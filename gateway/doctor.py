@@ -10,7 +10,7 @@ worth knowing) or ``FAIL`` (a login or a request cannot succeed) and says how
 to fix it::
 
     ok   config: routes.yaml (3 routes, 1 provider, 1 token issuer)
-    FAIL provider corp: refuses redirect_uri https://apps.example.com/oauth2/callback: register it ...
+    FAIL provider corp: provider refuses redirect_uri https://apps.example.com/oauth2/callback: register it ...
 
 Every network step has a short timeout (``--timeout``, 3 s by default) and
 the independent checks run concurrently, so a dead peer is a ``FAIL`` within
@@ -76,6 +76,7 @@ Findings = List[Finding]
 def run_doctor(path: str, *, timeout: float = DEFAULT_TIMEOUT, out: TextIO = sys.stdout) -> int:
     """Print every check of the setup in ``path``; 1 when anything FAILs, else 0."""
     failed = False
+    timeout = max(0.5, timeout)
 
     def emit(findings: Findings) -> None:
         nonlocal failed
@@ -112,8 +113,8 @@ async def _live(config: Config, timeout: float, emit: Callable[[Findings], None]
         # Started together, printed in order: the slowest peer bounds the run, not their sum.
         sections: List[Awaitable[Findings]] = [
             _guard("listen", listener_findings(config), timeout),
-            _guard("providers", provider_findings(config, http, timeout), 4 * timeout),
-            _guard("token issuers", token_issuer_findings(config, http, timeout), 3 * timeout),
+            _guard("providers", provider_findings(config, http, timeout), 2 * timeout),
+            _guard("token issuers", token_issuer_findings(config, http, timeout), 2 * timeout),
             _guard("upstreams", upstream_findings(config, timeout), 2 * timeout),
             _guard("session store", session_store_findings(config, timeout), 2 * timeout),
         ]
@@ -232,18 +233,19 @@ async def _provider(provider: ProviderConfig, http: SimpleAsyncHTTPClient, redir
         metadata = {"authorization_endpoint": provider.authorization_endpoint,
                     "token_endpoint": provider.token_endpoint}
         pkce_ok = True  # plain OAuth 2.0: no metadata to read; the authorization request below tells
+    # After discovery the steps are independent: run together, reported in this order.
+    steps: List[Awaitable[Finding]] = []
     if pkce_ok:
-        found.append(await _authorization_request(provider, recorder, redirect_uri, metadata, subject, timeout))
+        steps.append(_authorization_request(provider, recorder, redirect_uri, metadata, subject, timeout))
     endpoints = [("token endpoint", metadata.get("token_endpoint"))]
     if provider.type == "oidc":
-        found.append(await _provider_keys(subject, recorder, metadata.get("jwks_uri"), timeout))
+        steps.append(_provider_keys(subject, recorder, metadata.get("jwks_uri"), timeout))
     else:
         endpoints.append(("userinfo endpoint", provider.userinfo_endpoint))
         if provider.api_url and provider.api_url != provider.userinfo_endpoint:
             endpoints.append(("API", provider.api_url))
-    for what, url in endpoints:
-        if url:
-            found.append(await _reachable(subject, recorder, what, url, timeout))
+    steps.extend(_reachable(subject, recorder, what, url, timeout) for what, url in endpoints if url)
+    found.extend(await asyncio.gather(*steps))
     found.extend(_clock_skew(subject, recorder))
     return found
 
@@ -255,7 +257,8 @@ async def _oidc_discovery(provider: ProviderConfig, recorder: _Recorder, subject
     also = (provider.tenant_issuer.replace("{tid}", MS_TENANT_TEMPLATE),) if provider.tenant_issuer else ()
     url = discovery_url(provider.issuer)
     try:
-        document = await fetch_discovery(recorder, provider.issuer, timeout=timeout, also=also)  # type: ignore[arg-type]
+        document = await fetch_discovery(recorder, provider.issuer,  # type: ignore[arg-type]
+                                         timeout=timeout, also=also)
     except DiscoveryError as exc:
         text = str(exc)
         if text.startswith("issuer mismatch"):
@@ -297,15 +300,16 @@ async def _authorization_request(provider: ProviderConfig, recorder: _Recorder, 
     from .jwks import JWKSRegistry
     from .providers import ProviderError, make_client, new_pkce, random_token
 
-    client = make_client(provider, recorder, redirect_uri=redirect_uri, discovery=_Fetched(metadata),  # type: ignore[arg-type]
-                         jwks=JWKSRegistry(recorder))  # type: ignore[arg-type]
+    client = make_client(provider, recorder, redirect_uri=redirect_uri,  # type: ignore[arg-type]
+                         discovery=_Fetched(metadata), jwks=JWKSRegistry(recorder))  # type: ignore[arg-type]
     try:
         url = await client.authorization_url(state=random_token(), nonce=random_token(),
                                              code_challenge=new_pkce()[1])
     except ProviderError:
         endpoint = metadata.get("authorization_endpoint")
-        return Finding(FAIL, subject, f"no usable authorization_endpoint ({'missing' if endpoint is None else 'not an http(s) URL'}); "
-                                      "check the provider's discovery document or authorization_endpoint:")
+        problem = "missing" if endpoint is None else "not an http(s) URL"
+        return Finding(FAIL, subject, f"no usable authorization_endpoint ({problem}); check the provider's "
+                                      "discovery document or authorization_endpoint:")
     shown = safe_url(url)
     request = HTTPRequest(url, method="GET", follow_redirects=False, connect_timeout=timeout,
                           request_timeout=timeout, headers={"Accept": "text/html", "User-Agent": "gateway-doctor"})
@@ -315,7 +319,9 @@ async def _authorization_request(provider: ProviderConfig, recorder: _Recorder, 
         return Finding(FAIL, subject, f"authorization endpoint {shown}: {describe_fetch_error(exc, url)}; is it "
                                       "reachable from this machine (and from browsers)?")
     if response.code == 599:
-        return Finding(FAIL, subject, f"authorization endpoint {shown}: {describe_fetch_error(response.error or Exception(), url)}")
+        reason = describe_fetch_error(response.error or Exception("no response"), url)
+        return Finding(FAIL, subject, f"authorization endpoint {shown}: {reason}; is it reachable from this machine "
+                                      "(and from browsers)?")
     return _judge_authorization(subject, provider, redirect_uri, shown, url, response)
 
 
@@ -338,10 +344,10 @@ def _judge_authorization(subject: str, provider: ProviderConfig, redirect_uri: s
                 return Finding(OK, subject, f"authorization request accepted for redirect_uri {redirect_uri} "
                                             "(it redirects straight back: the provider signed in by itself)")
             return _authorization_error(subject, error, params.get("error_description", ""), refuses_redirect,
-                                        provider, back=True)
+                                        provider)
         if error is not None:  # some providers redirect to an error page of their own
             return _authorization_error(subject, error, params.get("error_description", ""), refuses_redirect,
-                                        provider, back=False)
+                                        provider)
         return Finding(OK, subject, f"authorization request accepted for redirect_uri {redirect_uri} "
                                     f"(HTTP {code} to a sign-in page, {safe_url(target)})")
     page = _page_text(response)
@@ -356,7 +362,7 @@ def _judge_authorization(subject: str, provider: ProviderConfig, redirect_uri: s
         if _REDIRECT_PROBLEM.search(page) and error != "invalid_client":
             return Finding(FAIL, subject, f"{refuses_redirect} (HTTP {code}: {_excerpt(page)})")
         if error:
-            return _authorization_error(subject, error, _excerpt(page), refuses_redirect, provider, back=False,
+            return _authorization_error(subject, error, _excerpt(page), refuses_redirect, provider,
                                         status=code)
         return Finding(FAIL, subject, f"authorization endpoint {shown} refuses the request: HTTP {code}"
                                       + (f" ({_excerpt(page)})" if page else ""))
@@ -365,12 +371,11 @@ def _judge_authorization(subject: str, provider: ProviderConfig, redirect_uri: s
 
 
 def _authorization_error(subject: str, error: str, description: str, refuses_redirect: str,
-                         provider: ProviderConfig, *, back: bool, status: Optional[int] = None) -> Finding:
+                         provider: ProviderConfig, *, status: Optional[int] = None) -> Finding:
     said = _printable(f"{error}: {description}" if description and error not in description else
                       (description or error))
     where = f"HTTP {status}: " if status else ""
-    if error in ("invalid_redirect_uri", "redirect_uri_mismatch") or (
-            not back and _REDIRECT_PROBLEM.search(description or "")):
+    if error in ("invalid_redirect_uri", "redirect_uri_mismatch") or _REDIRECT_PROBLEM.search(description or ""):
         return Finding(FAIL, subject, f"{refuses_redirect} ({where}{said})")
     if _PKCE_PROBLEM.search(description or ""):
         return Finding(FAIL, subject, f"the provider refuses the PKCE S256 parameters the gateway always sends "
@@ -403,9 +408,18 @@ def _page_text(response: HTTPResponse) -> str:
     return " ".join(html.unescape(_TAG.sub(" ", text)).split())
 
 
+_DESCRIPTION = re.compile(r"error_description\W{0,3}(.{1,200}?)(?=\s+\W{0,3}(?:state|iss|error_uri|error)\W{0,3}:|$)")
+
+
 def _excerpt(page: str) -> str:
-    """A short piece of a provider's error page: around the first mention of the redirect URI or an error code."""
-    match = _REDIRECT_PROBLEM.search(page) or _AUTHZ_ERRORS.search(page)
+    """What a provider's error page says, shortly: its error code and description when it names them,
+    else the text around the first mention of the redirect URI or an error code."""
+    code = _AUTHZ_ERRORS.search(page)
+    description = _DESCRIPTION.search(page)
+    if description:
+        text = description.group(1).strip(" :")
+        return _printable(f"{code.group(1)}: {text}" if code and code.group(1) not in text else text)
+    match = _REDIRECT_PROBLEM.search(page) or code
     start = max(0, match.start() - 60) if match else 0
     text = page[start:start + 160].strip()
     return _printable(("..." if start else "") + text + ("..." if len(page) > start + 160 else ""))
@@ -427,7 +441,8 @@ async def _provider_keys(subject: str, recorder: _Recorder, jwks_uri: Any, timeo
 async def _reachable(subject: str, recorder: _Recorder, what: str, url: str, timeout: float) -> Finding:
     """Any HTTP answer means the endpoint is there (a GET without credentials is refused, as it should be)."""
     request = HTTPRequest(url, method="GET", follow_redirects=False, connect_timeout=timeout,
-                          request_timeout=timeout, headers={"Accept": "application/json", "User-Agent": "gateway-doctor"})
+                          request_timeout=timeout,
+                          headers={"Accept": "application/json", "User-Agent": "gateway-doctor"})
     try:
         response = await recorder.fetch(request, raise_error=False)
     except Exception as exc:
@@ -457,9 +472,10 @@ def _clock_skew(subject: str, recorder: _Recorder, leeway: float = DEFAULT_LEEWA
         direction = "ahead of" if skew > 0 else "behind"
         shown = f"{abs(skew):.0f} s"
         if abs(skew) > leeway:
+            refused = "not yet valid" if skew > 0 else "expired"
             return [Finding(FAIL, subject, f"clock skew {shown}: the provider's clock is {direction} this machine's, "
                                            f"more than the {leeway:.0f} s leeway, so its tokens are refused as "
-                                           f"{'not yet valid' if skew > 0 else 'expired'}; synchronise the clocks (NTP)")]
+                                           f"{refused}; synchronise the clocks (NTP)")]
         if abs(skew) > leeway / 2:
             return [Finding(WARN, subject, f"clock skew {shown}: the provider's clock is {direction} this machine's, "
                                            f"more than half the {leeway:.0f} s leeway; synchronise the clocks (NTP)")]
@@ -511,7 +527,8 @@ async def _token_issuer(issuer: TokenIssuerConfig, http: SimpleAsyncHTTPClient, 
     count, problem = await _load_jwks(http, jwks_uri, timeout, algorithms)
     if problem:
         return Finding(FAIL, subject, f"keys cannot load: {problem}")
-    return Finding(OK, subject, f"{_count(count, 'key')} for {', '.join(algorithms)} from {source} {safe_url(jwks_uri)}")
+    return Finding(OK, subject, f"{_count(count, 'key')} for {', '.join(algorithms)} from {source} "
+                                f"{safe_url(jwks_uri)}")
 
 
 async def _load_jwks(http: Any, uri: str, timeout: float, algorithms: Tuple[str, ...]) -> Tuple[int, str]:
@@ -629,6 +646,7 @@ async def session_store_findings(config: Config, timeout: float) -> Findings:
     subject = f"session store {shown}"
     try:
         import redis.asyncio as aioredis
+        from redis import exceptions as redis_errors
     except ImportError:
         return [Finding(FAIL, subject, "the redis package is not installed (pip install redis)")]
     client = aioredis.Redis.from_url(store, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -636,14 +654,14 @@ async def session_store_findings(config: Config, timeout: float) -> Findings:
         started = time.monotonic()
         await asyncio.wait_for(client.ping(), timeout + 1)
         took = (time.monotonic() - started) * 1000
-    except asyncio.TimeoutError:
+    except (asyncio.TimeoutError, redis_errors.TimeoutError):
         return [Finding(FAIL, subject, f"no answer to PING within {timeout:g} s; is Redis stuck or firewalled?")]
     except Exception as exc:
         text = _printable(str(exc).replace(store, shown))[:160]
         hint = ("check the password in the URL" if "auth" in text.lower() or "password" in text.lower()
-                else "is Redis running there?")
-        return [Finding(FAIL, subject, f"PING failed ({type(exc).__name__}: {text}); {hint}; sign-ins and "
-                                       "every session need it")]
+                else "is Redis running there")
+        return [Finding(FAIL, subject, f"PING failed ({type(exc).__name__}: {text.rstrip('.')}); {hint}? Sign-ins "
+                                       "and every session need it")]
     finally:
         try:
             await asyncio.wait_for(client.aclose(), 1.0)
