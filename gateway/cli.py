@@ -1,7 +1,7 @@
-"""The ``gateway`` command: serve, check, demo, login, token, logout; argument parsing only.
+"""The ``gateway`` command: serve, check, doctor, demo, login, token, logout; argument parsing only.
 
 The only module that reads the command line or configures logging; what a
-command does lives in ``server`` (serve), ``config`` (check), ``demo`` and
+command does lives in ``server`` (serve), ``config`` (check), ``doctor``, ``demo`` and
 ``cli_login`` (login, token, logout: the client side, for scripts).
 """
 
@@ -27,6 +27,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     serve.add_argument("--admin-listen", metavar="HOST:PORT|off", help="override server.admin_listen")
     check = sub.add_parser("check", help="validate the config; print every error")
     _config_arg(check)
+    doctor = sub.add_parser("doctor", help="check the live setup: providers, keys, upstreams, Redis, cookies")
+    _config_arg(doctor)
+    doctor.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="timeout of each network step (default 3)")
     demo = sub.add_parser("demo", help="self-contained demo on loopback (not for production)")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
     login = sub.add_parser("login", help="sign in to a gateway with a browser and store a token for scripts")
@@ -61,6 +65,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "token":
             return cli_login.print_token(args.url)
         return cli_login.logout(args.url)
+    if args.command == "doctor":
+        from .doctor import run_doctor
+
+        logging.basicConfig(stream=sys.stderr, level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+        return run_doctor(args.config, timeout=args.timeout)
     _setup_logging()
     if args.command == "explain":
         return cmd_explain(args)
