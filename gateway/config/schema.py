@@ -166,7 +166,7 @@ class SessionConfig:
     lifetime: float = opt(DEFAULT_SESSION_LIFETIME, kind="positive_duration")
     store: str = opt("cookie", kind="store")  # "cookie" or "redis://HOST:PORT/DB"
     # e.g. ".example.com": one sign-in for every host under it (must cover public_url's host)
-    cookie_domain: str = opt("", kind="hostname")
+    cookie_domain: str = opt("", kind="cookie_domain")
     # when the provider cannot be reached to refresh, access lasts at most this past the token's expiry
     refresh_grace: float = opt(DEFAULT_REFRESH_GRACE, kind="duration")
 
@@ -192,6 +192,9 @@ def _provider_rules() -> dict:
         _when(_written_as("type", "oauth2"), _absent("issuer")),
         _when({"allOf": [_absent("type"), _written_as("preset", *[n for n, p in PRESETS.items() if p.type == "oauth2"])]},
               _absent("issuer")),
+        # only the microsoft preset knows tenants
+        _when({"required": ["allowed_tenants"]}, {"required": ["preset"], "properties": {
+            "preset": {"anyOf": [{"const": "microsoft"}, ENV_REFERENCE]}}}),
     ]
     for name, preset in PRESETS.items():
         if preset.needs:
@@ -406,18 +409,20 @@ _LABELS = "[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*"
 _AUTHORITY = "://[^\\s/?#@]+"
 _PATH_SEGMENT = "/(?!\\.\\.?(/|$))[^/?#\\s\\u0000-\\u001f\\u007f]+"
 _DURATION = "^\\s*([0-9]+(\\.[0-9]+)?(ms|s|m|h|d))+\\s*$|^\\s*[0-9]+(\\.[0-9]+)?\\s*$"
+_PORT = "0*([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"  # 0 to 65535
 
 
 def _json_kinds() -> dict[str, dict]:
     algorithms = "|".join(_any_case(a) for a in sorted(SUPPORTED_ALGORITHMS))
-    hostport = {"type": "string", "pattern": "^\\s*(\\[[0-9A-Fa-f:.]+(%[^\\]]+)?\\]|[A-Za-z0-9_.-]+):[0-9]+\\s*$"}
+    hostport = {"type": "string", "pattern": f"^\\s*(\\[[0-9A-Fa-f:.]+(%[^\\]]+)?\\]|[A-Za-z0-9_.-]+):{_PORT}\\s*$"}
     return {
         "string": _TEXT,
         "token": _text_matching(f"^{_TOKEN}$"),
         "method": _text_matching(f"^\\s*{_TOKEN}\\s*$"),
         "route_name": _text_matching("^[A-Za-z0-9_.-]+$"),
         "host": _text_matching(f"^\\s*(\\*\\.)?{_LABELS}\\.*\\s*$"),
-        "hostname": _text_matching(f"^\\.*{_LABELS}\\.*$"),
+        "hostname": _text_matching(f"^{_LABELS}\\.*$"),
+        "cookie_domain": _text_matching("^\\.*[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)+$"),  # with a dot
         "email_domain": _text_matching(f"^\\s*@?{_LABELS}\\s*$"),
         "email": {"type": "string", "pattern": "^.+@[^@]+$"},
         "path": {"type": "string", "pattern": f"^(?=/)({_PATH_SEGMENT})*/?$"},
@@ -433,7 +438,7 @@ def _json_kinds() -> dict[str, dict]:
         "duration": {"anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
                                {"type": "string", "pattern": _DURATION}]},
         "positive_duration": {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
-                                        {"type": "string", "pattern": _DURATION}]},
+                                        {"type": "string", "allOf": [{"pattern": _DURATION}, {"pattern": "[1-9]"}]}]},
         "size": {"anyOf": [{"type": "integer", "minimum": 0},
                            {"type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*([kKmMgGtT][iI]?[bB]?|[bB])?\\s*$"}]},
         "hostport": hostport,
