@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 from dataclasses import fields
+from importlib import import_module
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -48,7 +49,6 @@ from gateway.config import (
     loads,
     yaml_keys,
 )
-import gateway.config.load  # noqa: E402  (the module, not the function of the same name)
 from gateway.config import schema as schema_module
 from gateway.config import source as source_module
 from gateway.config.rules import providers as providers_rules
@@ -64,6 +64,7 @@ Draft202012Validator = jsonschema.Draft202012Validator
 pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD = import_module("gateway.config.load")  # the module (gateway.config.load is also a function)
 SCHEMA = json_schema()
 VALIDATOR = Draft202012Validator(SCHEMA)
 SECRET = "q7Rk2-vXw9pL4mZt8nB3cYs6hJ1dGf5a"
@@ -287,7 +288,7 @@ BASE = {
 
 # section -> (where its mapping is in BASE, where its schema is in SCHEMA, the key list its rule checks)
 SECTIONS = {
-    Config: ((), (), sys.modules["gateway.config.load"].TOP_KEYS),
+    Config: ((), (), LOAD.TOP_KEYS),
     ServerConfig: (("server",), ("properties", "server"), server_rules.KEYS),
     ServerTLS: (("server", "tls"), ("properties", "server", "properties", "tls"), yaml_keys(ServerTLS)),
     SessionConfig: (("session",), ("properties", "session"), session_rules.KEYS),
