@@ -1,20 +1,21 @@
-"""The ``gateway`` command: serve, check, doctor, demo, login, token, logout; argument parsing only.
+"""The ``gateway`` command: serve, check, doctor, explain, schema, demo, login, token, logout; argument parsing only.
 
 The only module that reads the command line or configures logging; what a
-command does lives in ``server`` (serve), ``config`` (check), ``doctor``, ``demo`` and
+command does lives in ``server`` (serve), ``config`` (check, schema), ``doctor``, ``explain``, ``demo`` and
 ``cli_login`` (login, token, logout: the client side, for scripts).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from typing import Optional, Sequence
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, ConfigError, load
+from .config import DEFAULT_CONFIG_PATH, ConfigError, json_schema, load
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -31,6 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _config_arg(doctor)
     doctor.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
                         help="timeout of each network step (default 3)")
+    sub.add_parser("schema", help="print the JSON Schema of routes.yaml (the repository ships it as routes.schema.json)")
     demo = sub.add_parser("demo", help="self-contained demo on loopback (not for production)")
     demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
     login = sub.add_parser("login", help="sign in to a gateway with a browser and store a token for scripts")
@@ -57,6 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "schema":
+        sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+        return 0
     if args.command in ("login", "token", "logout"):
         from . import cli_login
 
