@@ -40,7 +40,7 @@ class Runtime:
     def __init__(self, config: Config, http_client: AsyncHTTPClient, revocations: Optional[Revocations] = None):
         self.config = config
         self.routes = RouteTable(config.routes)
-        self.balancers = {route.name: Balancer(route.upstreams) for route in config.routes}
+        self.balancers = {route.name: Balancer(route.upstreams, route.tls) for route in config.routes}
         # Bearer tokens and ID tokens of one issuer share discovery and key caches.
         self.discovery = DiscoveryCache(http_client)
         self.jwks = JWKSRegistry(http_client)

@@ -219,7 +219,7 @@ class Server:
         self.admin_sockets = admin_sockets
         self.worker = worker
         self.stopping: Optional[asyncio.Event] = None
-        self._stat = _file_stamp(path)
+        self._stat = _stamps(path, config)
 
     async def serve(self) -> int:
         self.stopping = asyncio.Event()
@@ -296,7 +296,7 @@ class Server:
         await runtime.start()
         old, gateway.runtime = gateway.runtime, runtime
         self.config = config
-        self._stat = _file_stamp(self.path)  # the watcher must not load this same file again
+        self._stat = _stamps(self.path, config)  # the watcher must not load these same files again
         gateway.metrics.reloads.labels("ok").inc()
         log.info("config reloaded (%s): %d routes", why, len(config.routes))
         asyncio.get_running_loop().call_later(
@@ -306,7 +306,7 @@ class Server:
     async def _watch_file(self) -> None:
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
-            stamp = _file_stamp(self.path)
+            stamp = _stamps(self.path, self.config)
             if stamp != self._stat:
                 self._stat = stamp
                 await self.reload("file changed")
@@ -330,6 +330,17 @@ class Server:
             await asyncio.sleep(0.1)  # let the 503s reach their clients
         await self.gateway.close()
         log.info("gateway stopped")
+
+
+def _stamps(path: str, config: Config) -> tuple:
+    """routes.yaml and every TLS file it names: a change of any is a reload."""
+    files = [path]
+    if config.server.tls is not None:
+        files += [config.server.tls.cert, config.server.tls.key]
+    for route in config.routes:
+        if route.tls is not None:
+            files += [f for f in (route.tls.ca, route.tls.cert, route.tls.key) if f]
+    return tuple(_file_stamp(f) for f in dict.fromkeys(files))
 
 
 def _file_stamp(path: str) -> Optional[tuple[float, int]]:

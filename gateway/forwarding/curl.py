@@ -12,6 +12,9 @@ forwarded as it arrives (also the fallback for installs without pycurl).
 from __future__ import annotations
 
 import collections
+import functools
+import os
+import ssl
 from typing import Any, Optional
 
 from tornado import httputil, ioloop
@@ -33,6 +36,52 @@ HIGH_WATER = 2 * 1024 * 1024
 
 CURL_TIMEOUT_CODES = frozenset({28})  # CURLE_OPERATION_TIMEDOUT
 CURL_CONNECT_CODES = frozenset({6, 7})  # CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_CONNECT
+# SSL_CONNECT_ERROR, PEER_FAILED_VERIFICATION, SSL_CERTPROBLEM, SSL_CIPHER, SSL_CACERT, SSL_CACERT_BADFILE,
+# SSL_ISSUER_ERROR, SSL_CLIENTCERT
+CURL_TLS_CODES = frozenset({35, 51, 58, 59, 60, 77, 83, 98})
+CURLOPT_CA_CACHE_TIMEOUT = 321  # not named by pycurl 7.45
+
+
+def tls_problem(text: str) -> str:
+    """What went wrong in a TLS handshake with an upstream, in words an operator acts on."""
+    lower = text.lower()
+    if "expired" in lower:
+        why = "its certificate has expired"
+    elif "hostname" in lower or "subject name" in lower or "does not match" in lower:
+        why = "its certificate is for another name (set tls.server_name, or fix the URL)"
+    elif "self-signed" in lower or "self signed" in lower or "local issuer" in lower or "unknown ca" in lower:
+        why = "its certificate is signed by a CA the gateway does not trust (set tls.ca)"
+    elif "certificate required" in lower or "handshake failure" in lower or "bad certificate" in lower:
+        why = "it wants a client certificate the gateway did not present, or refused it (tls.cert and tls.key)"
+    else:
+        why = "the TLS handshake failed"
+    return f"{why}: {text[:200]}"
+
+
+_CONTEXTS: dict = {}  # (settings, file stamps) -> SSLContext: built once, again when a file changes
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (path,)
+    return (path, info.st_mtime_ns, info.st_size)
+
+
+def _ssl_context(tls: Any) -> ssl.SSLContext:
+    """The simple client's TLS (requests with a body): verified, TLS 1.2 at least, the route's CA and client cert."""
+    key = (tls, tuple(_stamp(p) for p in (tls.ca, tls.cert, tls.key) if p) if tls is not None else ())
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = ssl.create_default_context(cafile=(tls.ca or None) if tls is not None else None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls is not None and tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
+        if len(_CONTEXTS) > 256:
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = context
+    return context
 
 
 def _discard(chunk: bytes) -> None:
@@ -63,8 +112,14 @@ class CurlTransport:
         headers = httputil.HTTPHeaders()
         for name, value in request.headers:
             headers.add(name, value)
+        tls = request.tls
+        url = origin.base + request.path_and_query
         if request.preserve_host:
             headers["Host"] = request.preserve_host
+        elif tls is not None and tls.server_name and tls.server_name != origin.host:
+            # Verified (and sent as SNI) under server_name, connected to the URL's host, Host as configured.
+            headers["Host"] = origin.netloc
+            url = f"https://{tls.server_name}:{origin.port}{origin.path}{request.path_and_query}"
         if request.content_length is not None:
             headers["Content-Length"] = str(request.content_length)
         body = request.body
@@ -79,7 +134,7 @@ class CurlTransport:
                 await write(chunk)
 
         http_request = HTTPRequest(
-            origin.base + request.path_and_query,
+            url,
             method=request.method,
             headers=headers,
             body_producer=produce if request.has_body else None,
@@ -91,7 +146,11 @@ class CurlTransport:
             validate_cert=True,
             request_timeout=request.timeout,
             connect_timeout=request.connect_timeout,
-            prepare_curl_callback=None if use_stream else self._on_curl,
+            prepare_curl_callback=None if use_stream else functools.partial(self._on_curl, origin, tls),
+            ca_certs=(tls.ca or None) if tls is not None else None,
+            client_cert=(tls.cert or None) if tls is not None else None,
+            client_key=(tls.key or None) if tls is not None else None,
+            ssl_options=_ssl_context(tls) if use_stream else None,
         )
         self._fetch_done = False
         try:
@@ -102,6 +161,8 @@ class CurlTransport:
             raise UpstreamError("reset", str(exc)) from None
         except HTTPClientError as exc:
             raise self._classify_curl(exc) from None
+        except ssl.SSLError as exc:  # the simple client (requests with a body): the handshake failed
+            raise UpstreamError("tls", tls_problem(str(exc))) from None
         except (ConnectionRefusedError, OSError) as exc:
             raise UpstreamError("connect" if isinstance(exc, ConnectionRefusedError) else "reset", str(exc)) from None
         except StreamClosedError as exc:
@@ -121,6 +182,8 @@ class CurlTransport:
 
     def _classify_curl(self, exc: HTTPClientError) -> UpstreamError:
         errno = getattr(exc, "errno", None)
+        if errno in CURL_TLS_CODES:
+            return UpstreamError("tls", tls_problem(str(exc)))
         if errno in CURL_TIMEOUT_CODES or exc.code == 599 and "timed out" in str(exc).lower():
             return UpstreamError("timeout", str(exc))
         if errno in CURL_CONNECT_CODES and not (self._receiver is not None and self._receiver.head_taken):
@@ -129,13 +192,22 @@ class CurlTransport:
 
     # -- curl: libcurl's callbacks only record; the IOLoop delivers ------------------
 
-    def _on_curl(self, curl: Any) -> None:
-        """Take over curl's header and body callbacks.
+    def _on_curl(self, origin: Any, tls: Any, curl: Any) -> None:
+        """TLS 1.2 at least, the route's server_name, and curl's header and body callbacks taken over.
 
         Tornado may deliver a small body before the queued header lines, and its
         own pausing cannot be combined with ours; so libcurl's callbacks only
         record here, and ``_drain`` hands the answer over from the IOLoop.
         """
+        curl.setopt(pycurl.SSLVERSION, pycurl.SSLVERSION_TLSv1_2)
+        if tls is not None and tls.ca:
+            # libcurl keeps a parsed CA file for a day (CURLOPT_CA_CACHE_TIMEOUT): a changed tls.ca must count at once
+            try:
+                curl.setopt(CURLOPT_CA_CACHE_TIMEOUT, 0)
+            except pycurl.error:  # pragma: no cover - a libcurl older than 7.87 has no such cache
+                pass
+        if tls is not None and tls.server_name and tls.server_name != origin.host:
+            curl.setopt(pycurl.CONNECT_TO, [f"{tls.server_name}:{origin.port}:{origin.host}:{origin.port}"])
         self._curl = curl
         curl.setopt(pycurl.HEADERFUNCTION, self._on_curl_header)
         curl.setopt(pycurl.WRITEFUNCTION, self._on_curl_body)

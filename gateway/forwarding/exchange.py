@@ -53,6 +53,8 @@ class Clients:
 
         self.native = UpstreamClient()
         self._origins: dict[str, Origin] = {}
+        # upstream TLS verified under another name than the URL's host: a client that resolves that name
+        self._renamed: dict[tuple, SimpleAsyncHTTPClient] = {}
 
     def origin(self, base: str) -> "Origin":
         origin = self._origins.get(base)
@@ -64,15 +66,25 @@ class Clients:
     def keepalive(self) -> bool:
         return self.fast is not self.stream
 
-    def transport(self, origin: "Origin", has_body: bool) -> Transport:
+    def transport(self, origin: "Origin", has_body: bool, tls: Any = None) -> Transport:
         """A new transport for one attempt at ``origin``."""
         if origin.plain:
             return NativeTransport(self.native)
         if has_body or not self.keepalive:
-            return CurlTransport(self.stream, streaming=True)
+            stream = self.stream
+            if tls is not None and tls.server_name and tls.server_name != origin.host:
+                key = (tls.server_name, origin.host)
+                stream = self._renamed.get(key)  # type: ignore[assignment]
+                if stream is None:
+                    stream = self._renamed[key] = SimpleAsyncHTTPClient(
+                        force_instance=True, max_clients=MAX_CLIENTS, max_body_size=UNLIMITED_BODY,
+                        max_buffer_size=HIGH_WATER, hostname_mapping={tls.server_name: origin.host})
+            return CurlTransport(stream, streaming=True)
         return CurlTransport(self.fast, streaming=False)
 
     def close(self) -> None:
+        for client in self._renamed.values():
+            client.close()
         self.native.close()
         self.fast.close()
         if self.stream is not self.fast:
@@ -100,8 +112,9 @@ class Origin(NamedTuple):
 class Balancer:
     """Round-robin over a route's upstream URLs, starting each request at the next one."""
 
-    def __init__(self, urls: Iterable[str]):
+    def __init__(self, urls: Iterable[str], tls: Any = None):
         self.urls = tuple(urls)
+        self.tls = tls  # the route's UpstreamTLS: how its https:// upstreams are verified
         self._counter = itertools.count()
 
     def order(self) -> "tuple[str, ...]":
@@ -145,7 +158,7 @@ class Exchange:
         self.balancer = balancer
         self._body_queue: Optional[Queue] = Queue(maxsize=UPLOAD_QUEUE_CHUNKS) if has_body else None
         self.request = Request(method, path_and_query, headers, content_length, has_body, self._body_queue,
-                               preserve_host, timeout, connect_timeout)
+                               preserve_host, timeout, connect_timeout, balancer.tls)
         self._count_body = method != "HEAD"
         self.upstream: Optional[str] = None  # the URL that answered (for the log)
         self.bytes_sent = 0
@@ -180,7 +193,7 @@ class Exchange:
         for attempt, base in enumerate(urls):
             self.upstream = base
             origin = self.clients.origin(base)
-            transport = self._transport = self.clients.transport(origin, request.has_body)
+            transport = self._transport = self.clients.transport(origin, request.has_body, request.tls)
             try:
                 await transport.send(origin, request, self)
             except UpstreamError as exc:

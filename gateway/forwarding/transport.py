@@ -27,6 +27,7 @@ class Request(NamedTuple):
     preserve_host: Optional[str]
     timeout: float
     connect_timeout: float
+    tls: Any = None  # the route's UpstreamTLS for https:// upstreams (CA, client certificate, server_name)
 
 
 class Receiver(Protocol):
@@ -61,7 +62,7 @@ class Transport(Protocol):
 
 
 class UpstreamError(Exception):
-    """The upstream gave no usable answer; ``kind`` is "timeout", "connect" or "reset"."""
+    """The upstream gave no usable answer; ``kind`` is "timeout", "connect", "tls" or "reset"."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(detail)
