@@ -70,7 +70,7 @@ RS_AUDIENCE = "bench-api"
 # --------------------------------------------------------------------------- utilities
 
 
-GATEWAY_ROWS = ("public", "hs", "rs", "hsa")  # the rows served by the gateway
+GATEWAY_ROWS = ("public", "hs", "rs", "hsa", "tls")  # the rows served by the gateway
 
 
 def log(msg: str) -> None:
@@ -222,6 +222,51 @@ UPSTREAM_BODY = """\
         location / {{ return 200 "ok\\n"; }}
     }}"""
 
+# The same upstream over TLS (a private CA the bench makes), for the gateway's https row.
+TLS_UPSTREAM_BODY = """\
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        keepalive_requests 100000;
+        default_type text/plain;
+        location / {{ return 200 "ok\\n"; }}
+    }}"""
+
+
+def write_tls_upstream(tmp: str) -> Dict[str, str]:
+    """A CA and a certificate for 127.0.0.1 signed by it (files in ``tmp``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False).sign(ca_key, hashes.SHA256()))
+    files = {"ca": os.path.join(tmp, "bench-ca.pem"), "cert": os.path.join(tmp, "upstream.crt"),
+             "key": os.path.join(tmp, "upstream.key")}
+    pem = serialization.Encoding.PEM
+    with open(files["ca"], "wb") as fh:
+        fh.write(ca.public_bytes(pem))
+    with open(files["cert"], "wb") as fh:
+        fh.write(cert.public_bytes(pem))
+    with open(files["key"], "wb") as fh:
+        fh.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return files
+
 PROXY_BODY = """\
     upstream backend {{
         server 127.0.0.1:{uport};
@@ -327,7 +372,8 @@ def write_keys(tmp: str):
 
 
 def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str,
-                 workers: Optional[int] = None, name: str = "routes.yaml") -> str:
+                 workers: Optional[int] = None, name: str = "routes.yaml", tls_port: Optional[int] = None,
+                 tls_ca: str = "") -> str:
     """The benchmark's routes.yaml; ``workers`` adds ``server.workers: N`` (the --workers group)."""
     pem = "\n".join("      " + line for line in public_pem.strip().splitlines())
     # Several workers with a listening socket each (server.reuse_port), so wrk's burst of
@@ -335,6 +381,9 @@ def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, publ
     workers_line = f"\n  workers: {workers}" if workers is not None else ""
     if workers is not None and workers > 1:
         workers_line += "\n  reuse_port: true"
+    tls_route = "" if tls_port is None else (
+        f"  - name: tls\n    path: /tls\n    upstream: https://127.0.0.1:{tls_port}\n    auth: public\n"
+        f"    tls: {{ca: {tls_ca}}}\n")
     text = f"""\
 # Written by bench/run.py; removed with its temporary directory.
 server:
@@ -374,7 +423,7 @@ routes:
     upstream: http://127.0.0.1:{upstream_port}
     auth: token
     identity_assertion: true
-  - name: mem
+{tls_route}  - name: mem
     path: /mem
     upstream: http://127.0.0.1:{mem_port}
     auth: public
@@ -1008,12 +1057,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         upstream_port, proxy_port, mem_port, gw_port = free_port(), free_port(), free_port(), free_port()
         log(f"temp dir {tmp}")
         servers: Dict[str, subprocess.Popen] = {}
-        servers["upstream"] = start_nginx(procs, tmp, "upstream", UPSTREAM_BODY.format(port=upstream_port), upstream_port, CLIENT_CPU)
+        tls_port = free_port()
+        tls_files = write_tls_upstream(tmp)
+        servers["upstream"] = start_nginx(
+            procs, tmp, "upstream", UPSTREAM_BODY.format(port=upstream_port)
+            + TLS_UPSTREAM_BODY.format(port=tls_port, cert=tls_files["cert"], key=tls_files["key"]),
+            upstream_port, CLIENT_CPU)
         servers["nginx"] = start_nginx(procs, tmp, "proxy", PROXY_BODY.format(port=proxy_port, uport=upstream_port), proxy_port, GATEWAY_CPU)
         log(f"nginx upstream on :{upstream_port} (CPU {CLIENT_CPU}), nginx proxy_pass on :{proxy_port} (CPU {GATEWAY_CPU})")
 
         private_pem, public_pem = write_keys(tmp)
-        routes = write_routes(tmp, gw_port, upstream_port, mem_port, public_pem)
+        routes = write_routes(tmp, gw_port, upstream_port, mem_port, public_pem, tls_port=tls_port,
+                              tls_ca=tls_files["ca"])
         tokens = mint_tokens(private_pem)
 
         targets = [
@@ -1023,6 +1078,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("hs", "gateway /hs (HS256)", f"http://127.0.0.1:{gw_port}/hs", tokens["hs"]),
             ("rs", "gateway /rs (RS256)", f"http://127.0.0.1:{gw_port}/rs", tokens["rs"]),
             ("hsa", "gateway /hsa (HS256 + identity assertion)", f"http://127.0.0.1:{gw_port}/hsa", tokens["hs"]),
+            ("tls", "gateway /tls (public, https upstream)", f"http://127.0.0.1:{gw_port}/tls", None),
         ]
         if only:
             targets = [t for t in targets if t[0] in only]
@@ -1034,7 +1090,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 check_gateway_config(routes)
                 gateway, gw_log = start_gateway(procs, tmp, routes, gw_port, "bench")
                 log(f"gateway on :{gw_port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
-                servers.update(public=gateway, hs=gateway, rs=gateway, hsa=gateway)
+                servers.update(public=gateway, hs=gateway, rs=gateway, hsa=gateway, tls=gateway)
             except Exception as exc:  # noqa: BLE001 - reported per row
                 log(f"gateway not available: {exc}")
                 results["gateway_error"] = str(exc)
@@ -1072,7 +1128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             procs.stop(gateway)
 
         nginx_rps = rows.get("nginx", {}).get("rps")
-        order = ["upstream", "nginx", "public", "hs", "rs", "hsa"]
+        order = ["upstream", "nginx", "public", "hs", "rs", "hsa", "tls"]
         table = [rows[k] for k in order if k in rows]
         for r in table:
             if nginx_rps and "rps" in r:
