@@ -262,6 +262,8 @@ class Message(httputil.HTTPConnection):
                 proto.pause_for("delegate")
                 ret.add_done_callback(self._resume)
                 return
+        if self.expect_continue and not self.read_finished and self.delegate is not None:
+            self._continue()  # the head is taken and nothing of the body is here: ask for it
         proto.resume_for("delegate")
 
     def _continue(self) -> None:
@@ -275,8 +277,6 @@ class Message(httputil.HTTPConnection):
             app_log.error("Uncaught exception in %s", type(self.delegate).__name__, exc_info=fut.exception())
             self._failed()
             return
-        if self.expect_continue and not self.read_finished and not self.inbox:
-            self._continue()
         self.pump()
 
     def _failed(self) -> None:
@@ -431,8 +431,10 @@ class H1Protocol(asyncio.Protocol):
         if self.detached is not None:
             self.detached._feed(data)
             return
-        if self._after_upgrade is not None:
+        if self._after_upgrade is not None:  # bytes of the upgraded protocol, for detach()
             self._after_upgrade += data
+            if len(self._after_upgrade) > QUEUED_LIMIT:
+                self.pause_for("upgrade")
             return
         if self.closed or self.error is not None:
             return
