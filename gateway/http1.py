@@ -376,6 +376,12 @@ class Message(httputil.HTTPConnection):
     def detach(self) -> TransportStream:
         return self.proto.detach(self)
 
+    def set_max_body_size(self, max_body_size: int) -> None:
+        """Tornado's ``HTTP1Connection`` has it; the gateway's limits are the pipeline's (413)."""
+
+    def set_body_timeout(self, timeout: float) -> None:
+        """Tornado's ``HTTP1Connection`` has it; server.body_timeout is the fast delegate's."""
+
     def close(self) -> None:
         self.proto.close()
 
