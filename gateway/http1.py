@@ -253,6 +253,10 @@ class Message(httputil.HTTPConnection):
                     ret = None
                     if not self.write_finished:
                         self.delegate.finish()  # type: ignore
+            except httputil.HTTPInputError as exc:  # e.g. no Host header: 400, as Tornado's server answers
+                log.info("malformed request from %s: %s", self.context.remote_ip, exc)
+                self._failed(BAD_REQUEST if self.code == 0 else None)
+                return
             except Exception:
                 app_log.error("Uncaught exception in %s", type(self.delegate).__name__, exc_info=True)
                 self._failed()
@@ -279,8 +283,10 @@ class Message(httputil.HTTPConnection):
             return
         self.pump()
 
-    def _failed(self) -> None:
-        """The delegate raised: like Tornado, tell it the connection is gone and close."""
+    def _failed(self, answer: Optional[bytes] = None) -> None:
+        """The delegate raised: like Tornado, tell it the connection is gone and close (after ``answer``)."""
+        if answer is not None and not self.proto.closed:
+            self.proto.transport.write(answer)
         delegate, self.delegate = self.delegate, None
         self.inbox.clear()
         if delegate is not None and not self.write_finished:
@@ -520,7 +526,8 @@ class H1Protocol(asyncio.Protocol):
         self._hsize += len(name) + len(value) + 4
         if self._hsize > self.server.max_header_size:
             raise _HeadTooLarge()
-        self._headers.add(name.decode("latin1"), value.decode("latin1"))  # type: ignore[union-attr]
+        # llhttp drops the leading whitespace of a value, not the trailing (RFC 9110 5.5: both are not part of it)
+        self._headers.add(name.decode("latin1"), value.decode("latin1").rstrip(" \t"))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0

@@ -348,3 +348,18 @@ def test_the_connection_serves_http_again_after_a_refused_upgrade(gw):
                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         status, _, _ = Reader(sock).response()
         assert status == 404
+
+
+def test_no_host_header_is_400(gw):
+    with connect(gw) as sock:
+        sock.sendall(b"GET /pub/x HTTP/1.1\r\n\r\n")
+        status, _, _ = Reader(sock).response()
+        assert status == 400
+    assert not [line for line in gw.stderr_lines if "Traceback" in line]
+
+
+def test_whitespace_around_a_header_value_is_not_part_of_it(gw):
+    with connect(gw) as sock:
+        sock.sendall(b"GET /pub/ows HTTP/1.1\r\nHost: gw\r\nX-Padded: \t value \t\r\n\r\n")
+        status, _, body = Reader(sock).response()
+        assert status == 200 and echoed(body)["headers"]["X-Padded"] == "value"
