@@ -406,6 +406,7 @@ class H1Protocol(asyncio.Protocol):
     draining = False  # the server is shutting down: no keep-alive after the current answer
     error: Optional[bytes] = None  # a parse error to answer once the earlier answers are out
     _after_upgrade: Optional[bytearray] = None
+    _begun = False  # a message began during the current feed_data
 
     def __init__(self, server: "EngineServer"):
         self.server = server
@@ -450,6 +451,7 @@ class H1Protocol(asyncio.Protocol):
             return
         if self.closed or self.error is not None:
             return
+        self._begun = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -467,7 +469,9 @@ class H1Protocol(asyncio.Protocol):
         except Exception:  # a callback failed (a bug): never leave the connection half-parsed
             app_log.error("Uncaught exception while parsing a request", exc_info=True)
             return self._refuse(BAD_REQUEST, "malformed request")
-        if self.head_started:
+        # A head still incomplete: count what arrives for it (the read it began in is not counted, as the
+        # bytes before its start are unknown; the callbacks count names and values exactly).
+        if self.head_started and not self._begun:
             self.head_size += len(data)
             if self.head_size > self.server.max_header_size + 4:
                 self._refuse(TOO_LARGE, "request head larger than server.max_header_size")
@@ -511,6 +515,7 @@ class H1Protocol(asyncio.Protocol):
         self.head_started = self.loop.time()
         self.idle_since = 0.0
         self.head_size = 0
+        self._begun = True
         self._url = b""
         self._headers = httputil.HTTPHeaders()
         self._hsize = 0

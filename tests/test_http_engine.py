@@ -363,3 +363,36 @@ def test_whitespace_around_a_header_value_is_not_part_of_it(gw):
         sock.sendall(b"GET /pub/ows HTTP/1.1\r\nHost: gw\r\nX-Padded: \t value \t\r\n\r\n")
         status, _, body = Reader(sock).response()
         assert status == 200 and echoed(body)["headers"]["X-Padded"] == "value"
+
+
+def test_a_body_before_a_pipelined_head_does_not_count_as_head(gw):
+    # A large body and the start of the next head in one read: only the head counts for max_header_size.
+    with connect(gw) as sock:
+        body = b"q" * 60000
+        next_head = b"GET /pub/after HTTP/1.1\r\nHost: gw\r\n"
+        sock.sendall(b"POST /pub/first HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(body) + body + next_head)
+        reader = Reader(sock)
+        status, _, got = reader.response()
+        assert status == 200 and echoed(got)["body_bytes"] == len(body)
+        sock.sendall(b"X-More: " + b"m" * 1000 + b"\r\n" + b"X-Again: " + b"m" * 1000 + b"\r\n\r\n")
+        status, _, got = reader.response()
+        assert status == 200 and echoed(got)["path"] == "/pub/after"
+
+
+def test_a_head_that_never_ends_is_refused(gw):
+    with connect(gw) as sock:
+        sock.sendall(b"GET /pub/x HTTP/1.1\r\nHost: gw\r\nX-Long: ")
+        got = b""
+        try:
+            for _ in range(10):
+                sock.sendall(b"v" * 1000)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert not got.startswith(b"HTTP/1.1 2"), got[:100]
+        if gw.engine == "httptools":
+            assert got.startswith(b"HTTP/1.1 431 ") or got == b"", got[:100]
