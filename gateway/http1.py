@@ -210,6 +210,7 @@ class Message(httputil.HTTPConnection):
     write_finished = False
     disconnect_on_finish = False
     upgrade = False
+    bodiless = False  # no body follows the head: an answer given before its end is read keeps the connection
     chunking = False
     expect_continue = False
     code = 0
@@ -372,7 +373,7 @@ class Message(httputil.HTTPConnection):
         self._close_callback = None
         if self.code == 101:
             return  # detach() comes next
-        if not self.read_finished or self.upgrade:
+        if not (self.read_finished or self.bodiless) or self.upgrade:
             self.disconnect_on_finish = True
         if self.disconnect_on_finish or proto.draining:
             proto.close()
@@ -545,6 +546,7 @@ class H1Protocol(asyncio.Protocol):
         msg.headers = headers
         msg.disconnect_on_finish = not _can_keep_alive(start_line, headers)
         msg.upgrade = parser.should_upgrade()
+        msg.bodiless = "Transfer-Encoding" not in headers and headers.get("Content-Length", "0") == "0"
         msg.expect_continue = headers.get("Expect") == "100-continue" and start_line.version == "HTTP/1.1"
         msg.inbox.append((_HEAD,))
         if self.active is None:
@@ -570,6 +572,8 @@ class H1Protocol(asyncio.Protocol):
     # -- requests in order --------------------------------------------------------------------
 
     def _activate(self, msg: Message) -> None:
+        if self.closed:
+            return
         self.active = msg
         self.idle_since = 0.0
         try:
@@ -594,7 +598,9 @@ class H1Protocol(asyncio.Protocol):
             self.queued_bytes = sum(m.queued for m in self.queue)
             if not self.queue or self.queued_bytes <= QUEUED_LIMIT:
                 self.resume_for("queue")
-            self._activate(nxt)
+            # Not from inside the finish() of the answer before (no recursion through a long pipeline).
+            self.active = nxt
+            self.loop.call_soon(self._activate, nxt)
             return
         self.resume_for("queue")
         if self.error is not None:

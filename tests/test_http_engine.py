@@ -396,3 +396,28 @@ def test_a_head_that_never_ends_is_refused(gw):
         assert not got.startswith(b"HTTP/1.1 2"), got[:100]
         if gw.engine == "httptools":
             assert got.startswith(b"HTTP/1.1 431 ") or got == b"", got[:100]
+
+
+def test_a_long_pipeline_of_refused_requests(gw):
+    # Thousands of small requests in one write, each answered at once (404): all answered, in order.
+    if gw.engine == "tornado":
+        pytest.xfail("Tornado's HTTP1Connection closes the connection after an answer finished inside "
+                     "headers_received (the fast path's refusals), before the next pipelined request")
+    count = 3000
+    with connect(gw, timeout=20) as sock:
+        sock.sendall(b"".join(b"GET /none/%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i for i in range(count)))
+        reader = Reader(sock)
+        for _ in range(count):
+            assert reader.response()[0] == 404
+
+
+def test_a_refusal_keeps_the_connection(gw):
+    if gw.engine == "tornado":
+        pytest.xfail("Tornado's HTTP1Connection closes the connection after an answer finished inside "
+                     "headers_received (the fast path's refusals)")
+    with connect(gw) as sock:
+        reader = Reader(sock)
+        for i in range(3):
+            sock.sendall(b"GET /none/%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i)
+            status, headers, _ = reader.response()
+            assert status == 404 and headers.get("connection", "").lower() != "close"
