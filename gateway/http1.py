@@ -568,6 +568,8 @@ class H1Protocol(asyncio.Protocol):
         msg, self.parsing = self.parsing, None
         assert msg is not None
         msg.push((_END,))
+        if self.active is None and not self.closed:  # answered before its end was parsed: now idle
+            self.idle_since = self.loop.time()
 
     # -- requests in order --------------------------------------------------------------------
 

@@ -421,3 +421,10 @@ def test_a_refusal_keeps_the_connection(gw):
             sock.sendall(b"GET /none/%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i)
             status, headers, _ = reader.response()
             assert status == 404 and headers.get("connection", "").lower() != "close"
+
+
+def test_a_connection_idle_after_a_refusal_is_closed(gw):
+    with connect(gw) as sock:
+        sock.sendall(b"GET /none/idle HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert Reader(sock).response()[0] == 404
+        assert closed_within(sock, 5) < 4
