@@ -428,3 +428,59 @@ def test_a_connection_idle_after_a_refusal_is_closed(gw):
         sock.sendall(b"GET /none/idle HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert Reader(sock).response()[0] == 404
         assert closed_within(sock, 5) < 4
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def tls_gw(request, tmp_path_factory, upstream, ws_upstream):
+    from tests.support.certs import CA
+
+    tmp = tmp_path_factory.mktemp(f"tls-{request.param}")
+    ca = CA()
+    ca_file = ca.write(tmp / "ca.pem")
+    cert_file, key_file = ca.issue("127.0.0.1", "localhost").write(tmp, "server")
+    proc = GatewayProcess(f"""\
+server:
+  http_engine: {request.param}
+  tls: {{cert: {cert_file}, key: {key_file}}}
+routes:
+  - name: ws
+    path: /ws
+    upstream: http://127.0.0.1:{ws_upstream.port}
+    auth: public
+  - name: pub
+    path: /pub
+    upstream: {upstream.url}
+    auth: public
+""")
+    try:
+        proc.start()
+        assert proc.url.startswith("https://")
+        yield proc, ca_file
+    finally:
+        stop_gateway(proc)
+
+
+def test_tls_pipelining_and_a_websocket(tls_gw):
+    import ssl
+
+    gw, ca_file = tls_gw
+    context = ssl.create_default_context(cafile=str(ca_file))
+    host, port = gw.url.split("://", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"".join(b"GET /pub/t%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i for i in range(3)))
+            reader = Reader(sock)
+            assert [echoed(reader.response()[2])["path"] for _ in range(3)] == ["/pub/t0", "/pub/t1", "/pub/t2"]
+
+    async def go() -> list:
+        from tornado.httpclient import HTTPRequest
+
+        conn = await websocket.websocket_connect(HTTPRequest(f"wss://{host}:{port}/ws/echo", ssl_options=context))
+        got = []
+        for message in ("over", "tls" * 30_000):
+            await conn.write_message(message)
+            got.append(await conn.read_message())
+        conn.close()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(go(), 15)) == ["over", "tls" * 30_000]
