@@ -372,15 +372,18 @@ def write_keys(tmp: str):
 
 
 def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str,
-                 workers: Optional[int] = None, name: str = "routes.yaml", tls_port: Optional[int] = None,
-                 tls_ca: str = "") -> str:
-    """The benchmark's routes.yaml; ``workers`` adds ``server.workers: N`` (the --workers group)."""
+                 workers: Optional[int] = None, name: str = "routes.yaml", engine: Optional[str] = None,
+                 tls_port: Optional[int] = None, tls_ca: str = "") -> str:
+    """The benchmark's routes.yaml; ``workers`` adds ``server.workers: N`` (the --workers group),
+    ``engine`` adds ``server.http_engine``."""
     pem = "\n".join("      " + line for line in public_pem.strip().splitlines())
     # Several workers with a listening socket each (server.reuse_port), so wrk's burst of
     # connections is spread evenly; with one shared socket one worker can take them all.
     workers_line = f"\n  workers: {workers}" if workers is not None else ""
     if workers is not None and workers > 1:
         workers_line += "\n  reuse_port: true"
+    if engine:
+        workers_line += f"\n  http_engine: {engine}"
     tls_route = "" if tls_port is None else (
         f"  - name: tls\n    path: /tls\n    upstream: https://127.0.0.1:{tls_port}\n    auth: public\n"
         f"    tls: {{ca: {tls_ca}}}\n")
@@ -961,11 +964,11 @@ def mb(v: Optional[int]) -> str:
 
 def print_table(rows: List[Dict[str, object]], nginx_rps: Optional[float]) -> None:
     print()
-    print(f"{'target':<26} {'req/s':>10} {'x nginx':>8} {'p50':>10} {'p99':>10} {'server CPU':>10}  notes")
-    print("-" * 90)
+    print(f"{'target':<44} {'req/s':>10} {'x nginx':>8} {'p50':>10} {'p99':>10} {'server CPU':>10} {'CPU us/req':>10}  notes")
+    print("-" * 119)
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:<26} {'-':>10} {'-':>8} {'-':>10} {'-':>10} {'-':>10}  ERROR: {r['error'].splitlines()[0]}")
+            print(f"{r['name']:<44} {'-':>10} {'-':>8} {'-':>10} {'-':>10} {'-':>10} {'-':>10}  ERROR: {r['error'].splitlines()[0]}")
             continue
         ratio = f"{r['rps'] / nginx_rps:.3f}" if nginx_rps else "-"
         cpu = "-" if r.get("cpu_server_cores") is None else f"{r['cpu_server_cores'] * 100:.0f}%"
@@ -977,7 +980,8 @@ def print_table(rows: List[Dict[str, object]], nginx_rps: Optional[float]) -> No
         errs = {k: v for k, v in (r.get("socket_errors") or {}).items() if v}
         if errs:
             notes.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errs.items()))
-        print(f"{r['name']:<26} {r['rps']:>10.0f} {ratio:>8} {fmt_ms(r['p50_ms']):>10} {fmt_ms(r['p99_ms']):>10} {cpu:>10}  {'; '.join(notes)}")
+        per = "-" if r.get("cpu_us_per_request") is None else f"{r['cpu_us_per_request']:.0f}"
+        print(f"{r['name']:<44} {r['rps']:>10.0f} {ratio:>8} {fmt_ms(r['p50_ms']):>10} {fmt_ms(r['p99_ms']):>10} {cpu:>10} {per:>10}  {'; '.join(notes)}")
     print()
 
 
@@ -1026,6 +1030,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="before each measurement wait up to this many seconds for other processes to leave the CPUs idle (default 60; 0: don't)")
     ap.add_argument("--workers", action="store_true",
                     help="also compare server.workers: 1 and 2 on the RS256 route (everything on CPUs 0,1)")
+    ap.add_argument("--engines", default="tornado,httptools",
+                    help="comma-separated server.http_engine values, each a gateway of its own measured in this run; "
+                         "the first one's rows are the ones checked against the targets (default tornado,httptools)")
     ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,hsa,memory,workers (no target checks except memory)")
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
@@ -1070,65 +1077,87 @@ def main(argv: Optional[List[str]] = None) -> int:
         routes = write_routes(tmp, gw_port, upstream_port, mem_port, public_pem, tls_port=tls_port,
                               tls_ca=tls_files["ca"])
         tokens = mint_tokens(private_pem)
+        engines = [e.strip() for e in args.engines.split(",") if e.strip()] or ["tornado"]
+        results["settings"]["engines"] = engines
 
-        targets = [
+        def gateway_targets(port: int, engine: str, first: bool) -> list:
+            suffix = "" if first else f"@{engine}"
+            tag = f" [{engine}]"
+            return [
+                ("public" + suffix, "gateway /public" + tag, f"http://127.0.0.1:{port}/public", None),
+                ("hs" + suffix, "gateway /hs (HS256)" + tag, f"http://127.0.0.1:{port}/hs", tokens["hs"]),
+                ("rs" + suffix, "gateway /rs (RS256)" + tag, f"http://127.0.0.1:{port}/rs", tokens["rs"]),
+                ("hsa" + suffix, "gateway /hsa (HS256 + identity assertion)" + tag, f"http://127.0.0.1:{port}/hsa",
+                 tokens["hs"]),
+                ("tls" + suffix, "gateway /tls (public, https upstream)" + tag, f"http://127.0.0.1:{port}/tls", None),
+            ]
+
+        # (engine or None, targets): the peers first, then one gateway process per engine
+        groups: list = [(None, [
             ("upstream", "upstream (nginx, direct)", f"http://127.0.0.1:{upstream_port}/", None),
             ("nginx", "nginx proxy_pass", f"http://127.0.0.1:{proxy_port}/", None),
-            ("public", "gateway /public", f"http://127.0.0.1:{gw_port}/public", None),
-            ("hs", "gateway /hs (HS256)", f"http://127.0.0.1:{gw_port}/hs", tokens["hs"]),
-            ("rs", "gateway /rs (RS256)", f"http://127.0.0.1:{gw_port}/rs", tokens["rs"]),
-            ("hsa", "gateway /hsa (HS256 + identity assertion)", f"http://127.0.0.1:{gw_port}/hsa", tokens["hs"]),
-            ("tls", "gateway /tls (public, https upstream)", f"http://127.0.0.1:{gw_port}/tls", None),
-        ]
-        if only:
-            targets = [t for t in targets if t[0] in only]
-        gateway = None
-        gw_log = None
-        gw_hwm = None
-        if any(key in GATEWAY_ROWS for key, *_ in targets):
-            try:
-                check_gateway_config(routes)
-                gateway, gw_log = start_gateway(procs, tmp, routes, gw_port, "bench")
-                log(f"gateway on :{gw_port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
-                servers.update(public=gateway, hs=gateway, rs=gateway, hsa=gateway, tls=gateway)
-            except Exception as exc:  # noqa: BLE001 - reported per row
-                log(f"gateway not available: {exc}")
-                results["gateway_error"] = str(exc)
-                for key, *_ in targets:
-                    if key in GATEWAY_ROWS:
-                        rows[key] = {"name": dict((t[0], t[1]) for t in targets)[key], "error": str(exc)}
-                targets = [t for t in targets if t[0] not in GATEWAY_ROWS]
-                exit_code = 1
+        ])]
+        for i, engine in enumerate(engines):
+            groups.append((engine, gateway_targets(gw_port if i == 0 else free_port(), engine, i == 0)))
+        order = []
+        for engine, targets in groups:
+            order += [t[0] for t in targets]
+            if only:
+                targets = [t for t in targets if t[0].split("@")[0] in only]
+            gateway = None
+            gw_log = None
+            if engine is not None and targets:
+                port = int(targets[0][2].split(":")[2].split("/")[0])
+                eroutes = write_routes(tmp, port, upstream_port, mem_port, public_pem, name=f"routes-{engine}.yaml",
+                                       tls_port=tls_port, tls_ca=tls_files["ca"],
+                                       engine=engine)
+                try:
+                    check_gateway_config(eroutes)
+                    gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}")
+                    log(f"gateway ({engine}) on :{port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
+                    servers.update({t[0]: gateway for t in targets})
+                except Exception as exc:  # noqa: BLE001 - reported per row
+                    log(f"gateway ({engine}) not available: {exc}")
+                    results["gateway_error"] = str(exc)
+                    for key, name, *_ in targets:
+                        rows[key] = {"name": name, "error": str(exc)}
+                    targets = []
+                    exit_code = 1
 
-        for key, name, url, token in targets:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            try:
-                status, body = http_get(url, headers)
-                if status != 200:
-                    raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
-                                       + (f"\ngateway log:\n{tail(gw_log)}" if gw_log and key in GATEWAY_ROWS else ""))
-                log(f"wrk {name}: {args.duration:.0f} s, {args.connections} connections")
-                ours = [p.pid for p in procs.procs if p.poll() is None]
-                r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours,
-                            repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid])
-                if r["cpu_other_cores"] > 0.10:
-                    log(f"WARNING: other processes used {r['cpu_other_cores']:.2f} cores during this measurement")
-                if gateway is not None and key in GATEWAY_ROWS and gateway.poll() is not None:
-                    raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{tail(gw_log)}")
-                r["name"] = name
-                rows[key] = r
-            except Exception as exc:  # noqa: BLE001 - reported per row
-                log(f"{name}: {exc}")
-                rows[key] = {"name": name, "error": str(exc)}
-                exit_code = 1
-        if gateway is not None:
-            gw_hwm = read_status(gateway.pid).get("VmHWM")
-            results["gateway_vmhwm_after_wrk_bytes"] = gw_hwm
-            results["gateway_log_tail"] = tail(gw_log, 20)
-            procs.stop(gateway)
+            for key, name, url, token in targets:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                try:
+                    status, body = http_get(url, headers)
+                    if status != 200:
+                        raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
+                                           + (f"\ngateway log:\n{tail(gw_log)}" if gw_log else ""))
+                    log(f"wrk {name}: {args.duration:.0f} s, {args.connections} connections")
+                    ours = [p.pid for p in procs.procs if p.poll() is None]
+                    r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours,
+                                repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid])
+                    if r["cpu_other_cores"] > 0.10:
+                        log(f"WARNING: other processes used {r['cpu_other_cores']:.2f} cores during this measurement")
+                    if gateway is not None and gateway.poll() is not None:
+                        raise RuntimeError(f"gateway exited with {gateway.returncode}:\n{tail(gw_log)}")
+                    r["name"] = name
+                    if engine is not None:
+                        r["engine"] = engine
+                    if r.get("cpu_server_cores") is not None and r.get("rps"):
+                        r["cpu_us_per_request"] = r["cpu_server_cores"] / r["rps"] * 1e6
+                    rows[key] = r
+                except Exception as exc:  # noqa: BLE001 - reported per row
+                    log(f"{name}: {exc}")
+                    rows[key] = {"name": name, "error": str(exc)}
+                    exit_code = 1
+            if gateway is not None:
+                gw_hwm = read_status(gateway.pid).get("VmHWM")
+                results.setdefault("gateway_vmhwm_after_wrk_bytes", {})[engine] = gw_hwm
+                results.setdefault("gateway_log_tail", {})[engine] = tail(gw_log, 20)
+                procs.stop(gateway)
+                if gw_hwm:
+                    print(f"gateway ({engine}) peak RSS (VmHWM) during the wrk runs: {mb(gw_hwm)}")
 
         nginx_rps = rows.get("nginx", {}).get("rps")
-        order = ["upstream", "nginx", "public", "hs", "rs", "hsa", "tls"]
         table = [rows[k] for k in order if k in rows]
         for r in table:
             if nginx_rps and "rps" in r:
@@ -1137,8 +1166,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 r["p99_ratio_to_nginx"] = (r["p99_ms"] / rows["nginx"]["p99_ms"]) if r.get("p99_ms") and rows["nginx"].get("p99_ms") else None
         if table:
             print_table(table, nginx_rps)
-        if gw_hwm:
-            print(f"gateway peak RSS (VmHWM) during the wrk runs: {mb(gw_hwm)}")
         results["throughput"] = {k: {kk: vv for kk, vv in rows[k].items() if kk != "raw"} for k in order if k in rows}
         results["wrk_output"] = {k: rows[k].get("raw") for k in order if k in rows}
 

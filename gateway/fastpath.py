@@ -108,7 +108,8 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.connection = request_conn
         self.fallback: Optional[httputil.HTTPMessageDelegate] = None
         self.head_watch = app.head_watch
-        self.head_watch.add(self)
+        if not getattr(request_conn, "times_itself", False):  # Tornado's HTTP1Connection: watched here
+            self.head_watch.add(self)
 
     def headers_received(
         self, start_line: Union[httputil.RequestStartLine, httputil.ResponseStartLine], headers: httputil.HTTPHeaders

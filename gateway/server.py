@@ -235,13 +235,25 @@ class Server:
         # Tornado has one timer for "waiting for the next request head"; the fast delegate keeps the idle
         # and the header timeouts apart (fastpath.HeadWatch), so Tornado's is only the backstop.
         self.tls = tls_context(server.tls) if server.tls is not None else None
-        self.http_server = CappedHTTPServer(
-            make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=server.max_header_size,
-            idle_connection_timeout=server.idle_timeout + server.header_timeout, body_timeout=None,
-            max_connections=server.max_connections, ssl_options=self.tls,
-        )
         sockets = self.sockets or bind(self.config.server.listen)
-        self.http_server.add_sockets(sockets)
+        if server.http_engine == "httptools":
+            from .http1 import EngineServer
+
+            def timeouts() -> tuple[float, float]:
+                live = gateway.runtime.config.server
+                return live.idle_timeout, live.header_timeout
+
+            self.http_server = EngineServer(make_app(gateway), max_header_size=server.max_header_size,
+                                            max_connections=server.max_connections, tls=self.tls,
+                                            timeouts=timeouts)
+            await self.http_server.add_sockets(sockets)
+        else:
+            self.http_server = CappedHTTPServer(
+                make_app(gateway), xheaders=False, max_body_size=1 << 62, max_header_size=server.max_header_size,
+                idle_connection_timeout=server.idle_timeout + server.header_timeout, body_timeout=None,
+                max_connections=server.max_connections, ssl_options=self.tls,
+            )
+            self.http_server.add_sockets(sockets)
         admin_url = "off"
         self.admin_server: Optional[HTTPServer] = None
         if self.config.server.admin_listen is not None:
@@ -281,6 +293,8 @@ class Server:
             log.warning("listen addresses changed in %s: restart the gateway for them to take effect", self.path)
         if new_server.workers != self.file_server.workers:
             log.warning("server.workers changed in %s: restart the gateway for it to take effect", self.path)
+        if new_server.http_engine != self.file_server.http_engine:
+            log.warning("server.http_engine changed in %s: restart the gateway for it to take effect", self.path)
         if (new_server.tls is None) != (self.tls is None):
             log.warning("server.tls was turned %s in %s: restart the gateway for it to take effect",
                         "on" if new_server.tls else "off", self.path)

@@ -294,9 +294,9 @@ routes:
         assert b"retry-after" in response.lower()
         assert wait_closed(fourth, 3)[1] == b""
         fourth.close()
-        deadline = time.monotonic() + 5  # the log is read by another thread: give it the moment it needs
+        deadline = time.monotonic() + 5  # the log line may reach us after the answer does
         while not any("server.max_connections" in line for line in gw.stderr_lines) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert any("server.max_connections" in line for line in gw.stderr_lines)
         # the three held connections still work
         for sock in held:

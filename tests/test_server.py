@@ -143,3 +143,12 @@ def test_log_format_must_be_text_or_json(tmp_path):
     result = check(tmp_path, CONFIG.format(listen=8080, admin=9091).replace("server:\n", "server:\n  log_format: xml\n", 1))
     assert result.returncode == 1
     assert 'server: log_format must be "text" or "json", not "xml"' in result.stderr
+
+
+def test_http_engine_must_be_tornado_or_httptools(tmp_path):
+    result = check(tmp_path, CONFIG.format(listen=8080, admin=9091).replace("server:\n", "server:\n  http_engine: h2o\n", 1))
+    assert result.returncode != 0
+    assert 'server: http_engine must be "tornado" or "httptools", not "h2o"' in result.stderr
+    for engine in ("tornado", "httptools"):
+        ok = check(tmp_path, CONFIG.format(listen=8080, admin=9091).replace("server:\n", f"server:\n  http_engine: {engine}\n", 1))
+        assert ok.returncode == 0, ok.stderr

@@ -156,6 +156,9 @@ class ServerConfig:
     reuse_port: bool = opt(False, kind="bool")
     tls: Optional[ServerTLS] = opt(None, kind="section", item=ServerTLS)
     hsts: float = opt(0.0, kind="duration")  # Strict-Transport-Security max-age on HTTPS answers; 0: none
+    # the HTTP/1.1 connection layer of the proxy port: "tornado" (Tornado's HTTPServer) or "httptools"
+    # (asyncio Protocols and llhttp, gateway.http1); the application above it is the same
+    http_engine: str = opt("tornado", kind="string")
 
 
 @dataclass(frozen=True)

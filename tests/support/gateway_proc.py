@@ -14,6 +14,30 @@ import time
 from typing import Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# GATEWAY_TEST_HTTP_ENGINE=httptools (or tornado) runs every gateway a test starts on that engine
+# (server.http_engine), unless the test's config names one itself.
+ENGINE_ENV = "GATEWAY_TEST_HTTP_ENGINE"
+
+
+def with_engine(config_text: str, engine: Optional[str] = None) -> str:
+    """The config with ``server.http_engine`` set (from ``engine`` or the environment), if not set already."""
+    engine = engine or os.environ.get(ENGINE_ENV, "")
+    if not engine:
+        return config_text
+    import yaml
+
+    data = yaml.safe_load(config_text)
+    if not isinstance(data, dict):
+        return config_text
+    server = data.get("server")
+    if server is None:
+        server = data["server"] = {}
+    if not isinstance(server, dict) or "http_engine" in server:
+        return config_text
+    server["http_engine"] = engine
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 LISTEN_RE = re.compile(r"gateway listening on (https?://[^ ]+) \(admin: ([^,]+),")
 
 
@@ -29,7 +53,7 @@ class GatewayProcess:
         self.workdir = workdir or tempfile.mkdtemp(prefix="gw-e2e-")
         self.config_path = os.path.join(self.workdir, "routes.yaml")
         with open(self.config_path, "w") as f:
-            f.write(config_text)
+            f.write(with_engine(config_text))
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.env["PYTHONPATH"] = ROOT + os.pathsep + self.env.get("PYTHONPATH", "")

@@ -107,6 +107,13 @@ def server(src: Source, pair: Optional[Tuple[Node, Node]]) -> ServerConfig:
                 values["log_format"] = text
             else:
                 src.error(node, f'server: log_format must be "text" or "json", not {q(text)}')
+    if (node := value("http_engine")) is not None:
+        text = src.get_str(node, "server: http_engine")
+        if text is not BAD:
+            if text in ("tornado", "httptools"):
+                values["http_engine"] = text
+            else:
+                src.error(node, f'server: http_engine must be "tornado" or "httptools", not {q(text)}')
     if (node := value("tls")) is not None:
         tls = tls_rules.server_tls(src, node)
         if tls is not BAD:
