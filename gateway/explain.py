@@ -22,7 +22,7 @@ from .answers import Answer, Redirect, Refusal
 from .config import AUTH_PUBLIC, Config, TokenIssuerConfig
 from .models import AuthError, Identity
 from .policy import accepted_values, authorize, conditions
-from .routing import BadPath, Match, MethodNotAllowed, normalize_path
+from .routing import BadPath, Match, normalize_path
 from .runtime import Runtime
 from .tokens import identity_from_claims
 

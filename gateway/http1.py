@@ -38,14 +38,13 @@ from typing import Any, Callable, Optional
 
 import httptools
 from tornado import httputil
-from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
+
+from .http1_stream import QUEUED_LIMIT, TransportStream, _Unsent  # noqa: F401
 
 log = logging.getLogger("gateway")
 app_log = logging.getLogger("tornado.application")
 
-# Pipelined requests held while an earlier one is answered: stop reading past this many bytes of them.
-QUEUED_LIMIT = 256 * 1024
 WRITE_HIGH = 256 * 1024
 WRITE_LOW = 16 * 1024
 TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n"
@@ -73,117 +72,6 @@ class Context:
 
     def __str__(self) -> str:
         return self.remote_ip
-
-
-class _Unsent:
-    """``len()`` of it is how many bytes the transport still holds (what sinks read as ``_write_buffer``)."""
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport: Any):
-        self.transport = transport
-
-    def __len__(self) -> int:
-        try:
-            return self.transport.get_write_buffer_size()
-        except Exception:
-            return 0
-
-
-class TransportStream:
-    """The part of a Tornado ``IOStream`` the gateway and Tornado's WebSocket protocol use, over a transport.
-
-    While the connection speaks HTTP it is ``connection.stream`` (sinks measure
-    ``_write_buffer`` and wait on ``write(b"")``); after ``detach()`` it also
-    reads (``read_bytes``), fed by the protocol with whatever arrives.
-    """
-
-    def __init__(self, proto: "H1Protocol"):
-        self._proto = proto
-        self.io_loop = IOLoop.current()
-        self.error: Optional[BaseException] = None
-        self._buffer = bytearray()
-        self._want: Optional[tuple[int, bool, asyncio.Future]] = None
-        self._close_callback: Optional[Callable[[], None]] = None
-        self._write_buffer = _Unsent(proto.transport)
-
-    @property
-    def _read_buffer_size(self) -> int:
-        return len(self._buffer)
-
-    @property
-    def socket(self) -> Any:
-        return self._proto.transport.get_extra_info("socket")
-
-    def closed(self) -> bool:
-        return self._proto.closed
-
-    def write(self, data: bytes) -> "asyncio.Future[None]":
-        return self._proto.send(data)
-
-    def read_bytes(self, num_bytes: int, partial: bool = False) -> "asyncio.Future[bytes]":
-        fut = self._proto.loop.create_future()
-        if self._want is not None:
-            raise RuntimeError("Already reading")
-        self._want = (num_bytes, partial, fut)
-        self._try_read()
-        if self._want is not None and self._proto.closed:
-            self._want = None
-            fut.set_exception(StreamClosedError(real_error=self.error))
-        return fut
-
-    def _feed(self, data: bytes) -> None:
-        self._buffer += data
-        self._try_read()
-        if len(self._buffer) > QUEUED_LIMIT:
-            self._proto.pause_for("stream")
-
-    def _try_read(self) -> None:
-        want = self._want
-        if want is None:
-            return
-        n, partial, fut = want
-        have = len(self._buffer)
-        if have >= n or (partial and have):
-            take = min(n, have)
-            data = bytes(self._buffer[:take])
-            del self._buffer[:take]
-            self._want = None
-            if not fut.done():
-                fut.set_result(data)
-            if len(self._buffer) <= QUEUED_LIMIT:
-                self._proto.resume_for("stream")
-
-    def _lost(self, exc: Optional[BaseException]) -> None:
-        self.error = exc
-        if self._want is not None:
-            fut = self._want[2]
-            self._want = None
-            if not fut.done():
-                fut.set_exception(StreamClosedError(real_error=exc))
-        cb, self._close_callback = self._close_callback, None
-        if cb is not None:
-            self._proto.loop.call_soon(cb)
-
-    def set_close_callback(self, callback: Optional[Callable[[], None]]) -> None:
-        self._close_callback = callback
-
-    def set_nodelay(self, value: bool) -> None:
-        sock = self.socket
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if value else 0)
-            except OSError:
-                pass
-
-    def reading(self) -> bool:
-        return self._want is not None
-
-    def writing(self) -> bool:
-        return bool(len(self._write_buffer))
-
-    def close(self, exc_info: Any = False) -> None:
-        self._proto.close()
 
 
 def _can_keep_alive(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> bool:

@@ -28,7 +28,7 @@ from .admin import make_admin_app
 from .app import make_app
 from .config import Config, ConfigError
 from .config import load, parse_listen
-from .runtime import Gateway, Runtime
+from .runtime import Gateway
 from .revocations import ENV_FILE as REVOCATIONS_FILE
 from .signing import prepare as prepare_signing
 from .telemetry import enable_multiprocess, use_log_format

@@ -86,7 +86,7 @@ def session(
             if store == "cookie":
                 values["store"] = store
             else:
-                from ...sessions.redis_connect import check_url as redis_url_problem  # not at import: a cycle
+                from ..redis_url import check_url as redis_url_problem
 
                 problem = redis_url_problem(store)
                 if problem is None:
