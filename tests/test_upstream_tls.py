@@ -188,3 +188,17 @@ def test_a_changed_ca_file_is_picked_up_like_a_changed_routes_yaml(env: dict) ->
         time.sleep(0.2)
     assert get(env, "/rotating/x").status == 200, env["gw"].stderr_lines[-6:]
     assert get(env, "/rotating/x", b"with a body too").status == 200
+
+
+def test_without_ca_the_system_trust_store_is_used_for_every_request(env: dict, tmp_path: Path) -> None:
+    """The same store for bodiless requests (curl) and uploads (Python's TLS): SSL_CERT_FILE names it here."""
+    routes = [{"name": "system", "path": "/system", "upstream": f"https://127.0.0.1:{env['ports']['good']}",
+               "auth": "public"}]
+    gw = GatewayProcess(yaml.safe_dump({"routes": routes}),
+                        env={**gateway_env(), "SSL_CERT_FILE": str(env["tmp"] / "ca.pem")})
+    try:
+        gw.start()
+        assert request(gw.url, "GET", "/system/x").status == 200
+        assert request(gw.url, "POST", "/system/x", {"Content-Type": "text/plain"}, b"body").status == 200
+    finally:
+        gw.stop()

@@ -58,6 +58,19 @@ def tls_problem(text: str) -> str:
     return f"{why}: {text[:200]}"
 
 
+def _system_ca() -> Optional[str]:
+    """The system's CA bundle, as Python's ssl finds it (SSL_CERT_FILE first). libcurl builds differ in
+    where they look (a wheel's built-in path may not exist here), so curl is told this one."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get(paths.openssl_cafile_env), paths.cafile, paths.openssl_cafile,
+                      "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+SYSTEM_CA = _system_ca()
+
 _CONTEXTS: dict = {}  # (settings, file stamps) -> SSLContext: built once, again when a file changes
 
 
@@ -147,7 +160,7 @@ class CurlTransport:
             request_timeout=request.timeout,
             connect_timeout=request.connect_timeout,
             prepare_curl_callback=None if use_stream else functools.partial(self._on_curl, origin, tls),
-            ca_certs=(tls.ca or None) if tls is not None else None,
+            ca_certs=(tls.ca if tls is not None and tls.ca else SYSTEM_CA),
             client_cert=(tls.cert or None) if tls is not None else None,
             client_key=(tls.key or None) if tls is not None else None,
             ssl_options=_ssl_context(tls) if use_stream else None,
