@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
@@ -525,6 +526,25 @@ class Source:
             self.error(node, f"{label} {problem}")
             return BAD
         return text
+
+    def read_file(self, node: Node, text: str, label: str) -> Any:
+        """The bytes (at most 1 MB) of the file ``text`` names, relative to routes.yaml; BAD after an error.
+
+        ``label`` names the file in messages ("KEY file "PATH" ...").
+        """
+        path = os.path.join(self.base_dir, os.path.expanduser(text.strip()))
+        if "\0" in path:
+            self.error(node, f"{label} is not a file name (it holds a NUL character)")
+            return BAD
+        if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
+            self.error(node, f"{label} is not a regular file")
+            return BAD
+        try:
+            with open(path, "rb") as fh:
+                return fh.read(1 << 20)
+        except OSError as exc:
+            self.error(node, f"{label} cannot be read: {exc.strerror or exc}")
+            return BAD
 
     @staticmethod
     def is_null_node(node: Node) -> bool:

@@ -7,7 +7,6 @@ One of the section rules that ``gateway.config.load`` runs; routes with
 from __future__ import annotations
 
 import re
-import os
 from typing import Any, Optional, Tuple
 
 from cryptography.hazmat.primitives import serialization
@@ -210,18 +209,8 @@ def private_key(src: Source, node: Node, where: str) -> Any:
     if text is BAD:
         return BAD
     label = f"{where}: client_private_key file {q(text)}"
-    path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
-    if "\0" in path:
-        src.error(node, f"{label} is not a file name (it holds a NUL character)")
-        return BAD
-    if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
-        src.error(node, f"{label} is not a regular file")
-        return BAD
-    try:
-        with open(path, "rb") as fh:
-            pem = fh.read(1 << 20)
-    except OSError as exc:
-        src.error(node, f"{label} cannot be read: {exc.strerror or exc}")
+    pem = src.read_file(node, text, label)
+    if pem is BAD:
         return BAD
     try:
         key = serialization.load_pem_private_key(pem, password=None)

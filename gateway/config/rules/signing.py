@@ -7,7 +7,6 @@ unsupported key is a config error; ``gateway.signing`` gets PEM it can use.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Tuple
 
 from cryptography.hazmat.primitives import serialization
@@ -60,19 +59,9 @@ def read_key(src: Source, node: Node, text: str, label: str, *, private: bool) -
     if text.lstrip().startswith("-----BEGIN"):
         pem = text.encode()
     else:
-        path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
         label = f"{label} file {q(text)}"
-        if "\0" in path:
-            src.error(node, f"{label} is not a file name (it holds a NUL character)")
-            return BAD
-        if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
-            src.error(node, f"{label} is not a regular file")
-            return BAD
-        try:
-            with open(path, "rb") as fh:
-                pem = fh.read(1 << 20)
-        except OSError as exc:
-            src.error(node, f"{label} cannot be read: {exc.strerror or exc}")
+        pem = src.read_file(node, text, label)
+        if pem is BAD:
             return BAD
     if b"ENCRYPTED" in pem:
         src.error(node, f"{label} is an encrypted PEM; give it unencrypted (keep the file readable only by "

@@ -8,7 +8,6 @@ gets and only uses the algorithms its key can verify.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Tuple
 
 from cryptography import x509
@@ -201,20 +200,11 @@ def public_key(src: Source, node: Node, where: str, algorithms: Any) -> Any:
     if text.lstrip().startswith("-----BEGIN"):
         pem = text
     else:
-        path = os.path.join(src.base_dir, os.path.expanduser(text.strip()))
-        if "\0" in path:
-            src.error(node, f"{label} file {q(text)} is not a file name (it holds a NUL character)")
-            return BAD
-        if os.path.exists(path) and not os.path.isfile(path):  # never block on a FIFO or device
-            src.error(node, f"{label} file {q(text)} is not a regular file")
-            return BAD
-        try:
-            with open(path, "rb") as fh:
-                pem = fh.read(1 << 20).decode("utf-8", "replace")
-        except OSError as exc:
-            src.error(node, f"{label} file {q(text)} cannot be read: {exc.strerror or exc}")
-            return BAD
         label = f"{label} file {q(text)}"
+        raw = src.read_file(node, text, label)
+        if raw is BAD:
+            return BAD
+        pem = raw.decode("utf-8", "replace")
     if "PRIVATE KEY-----" in pem:
         src.error(
             node, f"{label} holds a private key; give only the public key (-----BEGIN PUBLIC KEY-----)"
