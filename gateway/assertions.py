@@ -42,12 +42,7 @@ class AssertionSigner:
         if identity.expires_at is not None:
             expires = max(issued + 1, min(expires, int(identity.expires_at)))
         claims = {"iss": self.ring.issuer, "aud": audience, "sub": identity.sub, "iat": issued, "exp": expires}
-        if identity.email:
-            claims["email"] = identity.email
-        if identity.groups:
-            claims["groups"] = list(identity.groups)
-        if identity.preferred_username:
-            claims["preferred_username"] = identity.preferred_username
+        claims.update(identity.profile())
         token = self.ring.sign(claims)
         self.signed += 1
         self._cache[key] = (float(expires), token)

@@ -29,6 +29,17 @@ class Identity:
     provider_sub: Optional[str] = None  # the provider's subject
     started_at: float = 0.0  # when the person signed in
 
+    def profile(self) -> dict:
+        """email, groups and preferred_username as JWT claims (those the identity has), for the gateway's own JWTs."""
+        claims: dict = {}
+        if self.email:
+            claims["email"] = self.email
+        if self.groups:
+            claims["groups"] = list(self.groups)
+        if self.preferred_username:
+            claims["preferred_username"] = self.preferred_username
+        return claims
+
 
 @dataclass(frozen=True)
 class Decision:

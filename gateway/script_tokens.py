@@ -66,12 +66,7 @@ class ScriptTokens:
                             ("idp_sub", identity.provider_sub)):
             if value:
                 claims[name] = value
-        if identity.email:
-            claims["email"] = identity.email
-        if identity.groups:
-            claims["groups"] = list(identity.groups)
-        if identity.preferred_username:
-            claims["preferred_username"] = identity.preferred_username
+        claims.update(identity.profile())
         return self.ring.sign(claims), max(0, exp - now)
 
     def _answer(self, identity: Identity) -> dict:
