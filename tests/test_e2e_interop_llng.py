@@ -38,7 +38,7 @@ from typing import Any, Iterator, Optional
 import pytest
 import yaml
 
-from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
+from tests.support.browser_fixtures import LOOPBACK_ONLY_ARGS, browser_context, ctx, page  # noqa: F401
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.llng_provider import (
     DEMO_USERS,
@@ -61,7 +61,6 @@ from tests.support.login_e2e import (
 )
 from tests.support.upstream import Upstream
 
-LOOPBACK_ONLY_ARGS = CHROMIUM_ARGS + ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 
 pytestmark = [
     pytest.mark.skipif(llng_missing() is not None, reason=str(llng_missing())),
@@ -157,31 +156,6 @@ def env() -> Iterator[Env]:
                 gw.stop()
     finally:
         up.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_context() -> Iterator[Any]:
-    if wait_for_chromium(timeout=300) is None:
-        pytest.fail("/usr/bin/chromium is not installed")
-    with chromium_browser(args=LOOPBACK_ONLY_ARGS) as context:
-        yield context
-
-
-@pytest.fixture
-def ctx(browser_context: Any) -> Iterator[Any]:
-    """The module's browser with an empty cookie jar (signed out at the portal too)."""
-    browser_context.clear_cookies()
-    browser_context.blocked_requests.clear()
-    before = list(browser_context.pages)
-    yield browser_context
-    for p in list(browser_context.pages):
-        if p not in before:
-            p.close()
-
-
-@pytest.fixture
-def page(ctx: Any) -> Any:
-    return ctx.new_page()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
+from tests.support.browser_fixtures import LOOPBACK_ONLY_ARGS, browser_context, ctx, page  # noqa: F401
 from tests.support.e2e import request
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.login_e2e import (
@@ -57,9 +57,6 @@ from tests.support.login_e2e import (
 from tests.support.oidc_provider import OIDCProvider, client, start_oidc_provider, user
 from tests.support.upstream import Upstream
 
-# The route guard of tests/support/browser.py does not see redirect hops (Playwright routes only the
-# first request of a redirect chain), so also make every other host name unresolvable in Chromium.
-LOOPBACK_ONLY_ARGS = CHROMIUM_ARGS + ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: no local OpenID provider"),
@@ -141,31 +138,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 gw.stop()
     finally:
         up.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_context() -> Iterator[Any]:
-    if wait_for_chromium(timeout=300) is None:
-        pytest.fail("/usr/bin/chromium is not installed")
-    with chromium_browser(args=LOOPBACK_ONLY_ARGS) as context:
-        yield context
-
-
-@pytest.fixture
-def ctx(browser_context: Any) -> Iterator[Any]:
-    """The module's browser with an empty cookie jar (signed out everywhere) and a fresh request guard."""
-    browser_context.clear_cookies()
-    browser_context.blocked_requests.clear()
-    before = list(browser_context.pages)
-    yield browser_context
-    for p in list(browser_context.pages):
-        if p not in before:
-            p.close()
-
-
-@pytest.fixture
-def page(ctx: Any) -> Any:
-    return ctx.new_page()
 
 
 def sign_in_at(env: Env, page: Any, path: str, login: str = "alice", password: str = ALICE_PW) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.support.browser import CHROMIUM_ARGS, chromium_browser, wait_for_chromium
+from tests.support.browser_fixtures import LOOPBACK_ONLY_ARGS, browser_context, ctx, page  # noqa: F401
 from tests.support.e2e import Response, request
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.login_e2e import (
@@ -46,9 +46,6 @@ from tests.support.oidc_provider import OIDCProvider, client, start_oidc_provide
 from tests.support.redis_server import redis_available, start_redis
 from tests.support.upstream import Upstream
 
-# The route guard of tests/support/browser.py does not see redirect hops (Playwright routes only the
-# first request of a redirect chain), so also make every other host name unresolvable in Chromium.
-LOOPBACK_ONLY_ARGS = CHROMIUM_ARGS + ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: no local OpenID provider"),
@@ -115,30 +112,6 @@ def _routes(up: Upstream) -> list:
         {"name": "root", "path": "/", "upstream": up.url, "auth": "public"},
         {"name": "app", "path": "/app", "upstream": up.url, "auth": "login"},
     ]
-
-
-@pytest.fixture(scope="module")
-def browser_context() -> Iterator[Any]:
-    if wait_for_chromium(timeout=300) is None:
-        pytest.fail("/usr/bin/chromium is not installed")
-    with chromium_browser(args=LOOPBACK_ONLY_ARGS) as context:
-        yield context
-
-
-@pytest.fixture
-def ctx(browser_context: Any) -> Iterator[Any]:
-    browser_context.clear_cookies()
-    browser_context.blocked_requests.clear()
-    before = list(browser_context.pages)
-    yield browser_context
-    for p in list(browser_context.pages):
-        if p not in before:
-            p.close()
-
-
-@pytest.fixture
-def page(ctx: Any) -> Any:
-    return ctx.new_page()
 
 
 def sign_in_at(base_url: str, idp: OIDCProvider, page: Any, path: str) -> None:
