@@ -100,6 +100,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     handler: Any = None  # the RequestHandler a request was handed to (it registers itself)
     _body_timer: Optional[asyncio.TimerHandle] = None
     _body_seen_at = 0.0
+    _deferred: Optional[tuple] = None  # a refusal decided at the head, answered at the message's end
 
     def __init__(self, app: Any, gateway: "Gateway", server_conn: object, request_conn: httputil.HTTPConnection):
         self.app = app
@@ -131,7 +132,12 @@ class FastDelegate(httputil.HTTPMessageDelegate):
                 self._proxy(acc, runtime, outcome)
                 return None
             if outcome is not None:
-                self._refuse(acc, runtime, outcome)  # type: ignore[arg-type]
+                if getattr(self.connection, "times_itself", False):
+                    self._refuse(acc, runtime, outcome)  # type: ignore[arg-type]
+                else:
+                    # Tornado's HTTP1Connection closes after an answer finished before the request's end
+                    # was read (headers_received comes first): answer in finish(), keeping the connection.
+                    self._deferred = (acc, runtime, outcome)
                 return None
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             self._watch_body(runtime.config.server.body_timeout)
@@ -263,6 +269,9 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self._stop_watching()
         if self.fallback is not None:
             self.fallback.finish()
+        elif self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
+            self._refuse(*deferred)
 
     def on_connection_close(self) -> None:
         self.head_watch.discard(self)

@@ -400,9 +400,6 @@ def test_a_head_that_never_ends_is_refused(gw):
 
 def test_a_long_pipeline_of_refused_requests(gw):
     # Thousands of small requests in one write, each answered at once (404): all answered, in order.
-    if gw.engine == "tornado":
-        pytest.xfail("Tornado's HTTP1Connection closes the connection after an answer finished inside "
-                     "headers_received (the fast path's refusals), before the next pipelined request")
     count = 3000
     with connect(gw, timeout=20) as sock:
         sock.sendall(b"".join(b"GET /none/%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i for i in range(count)))
@@ -412,9 +409,6 @@ def test_a_long_pipeline_of_refused_requests(gw):
 
 
 def test_a_refusal_keeps_the_connection(gw):
-    if gw.engine == "tornado":
-        pytest.xfail("Tornado's HTTP1Connection closes the connection after an answer finished inside "
-                     "headers_received (the fast path's refusals)")
     with connect(gw) as sock:
         reader = Reader(sock)
         for i in range(3):
