@@ -156,9 +156,9 @@ class ServerConfig:
     reuse_port: bool = opt(False, kind="bool")
     tls: Optional[ServerTLS] = opt(None, kind="section", item=ServerTLS)
     hsts: float = opt(0.0, kind="duration")  # Strict-Transport-Security max-age on HTTPS answers; 0: none
-    # the HTTP/1.1 connection layer of the proxy port: "tornado" (Tornado's HTTPServer) or "httptools"
-    # (asyncio Protocols and llhttp, gateway.http1); the application above it is the same
-    http_engine: str = opt("tornado", kind="string")
+    # the HTTP/1.1 connection layer of the proxy port: "httptools" (asyncio Protocols and llhttp,
+    # gateway.http1; less CPU per request) or "tornado" (Tornado's HTTPServer); the application above is the same
+    http_engine: str = opt("httptools", kind="string")
 
 
 @dataclass(frozen=True)

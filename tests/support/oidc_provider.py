@@ -161,7 +161,7 @@ class OIDCProvider:
         logout_auto_submit: bool = True,
         port: int = 0,
         extra_config: dict[str, Any] | None = None,
-        startup_timeout: float = 15.0,
+        startup_timeout: float = 45.0,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
