@@ -49,4 +49,15 @@ for peer in scripts/peers/*.sh; do
   PY="$PY" bash "$peer"
 done
 
-exec "$PY" -m pytest -q -p no:cacheprovider "$@"
+"$PY" -m pytest -q -p no:cacheprovider "$@"
+
+# The fallback engine (server.http_engine: tornado) under the tests that exercise the connection layer:
+# framing and smuggling, limits and timeouts, streaming, WebSockets, TLS, drain and workers. The whole
+# suite passes on it too: GATEWAY_TEST_HTTP_ENGINE=tornado bash scripts/test.sh
+if [ $# -eq 0 ]; then
+  echo "the same connection-layer tests on server.http_engine: tornado"
+  GATEWAY_TEST_HTTP_ENGINE=tornado "$PY" -m pytest -q -p no:cacheprovider \
+    tests/test_e2e_proxy.py tests/test_e2e_hardening.py tests/test_ops_limits.py tests/test_websocket.py \
+    tests/test_tls_server.py tests/test_ops_shutdown.py tests/test_ops_workers.py tests/test_forwarded.py \
+    tests/test_e2e_tokens.py tests/test_properties.py
+fi
