@@ -287,7 +287,7 @@ print(json.dumps({"version": sys.version, "executable": sys.executable,
                   "implementation": platform.python_implementation(),
                   "pgo": "--enable-optimizations" in args, "lto": "--with-lto" in args,
                   "flto_in_cflags": "-flto" in cflags,
-                  "opt": [f for f in cflags.split() if f.startswith("-O")], "config_args": args}))
+                  "opt": list(dict.fromkeys(f for f in cflags.split() if f.startswith("-O"))), "config_args": args}))
 """
 
 
@@ -303,8 +303,8 @@ def python_build(python: str) -> Dict[str, object]:
 
 
 def debian_pgo_lto_note(executable: str, version: str) -> Optional[str]:
-    """Debian's own interpreter is built with PGO and LTO by debian/rules (not by configure flags),
-    and Debian strips the LTO flags from sysconfig; its changelog says so. None for other builds."""
+    """What Debian's changelog says about PGO/LTO for Debian's own interpreter (built by debian/rules,
+    which strips the LTO flags from sysconfig, so CONFIG_ARGS cannot show them); None otherwise."""
     real = os.path.realpath(executable)
     if not real.startswith("/usr/bin/python3"):
         return None
@@ -315,10 +315,12 @@ def debian_pgo_lto_note(executable: str, version: str) -> Optional[str]:
             text = fh.read()
     except OSError:
         return None
-    if "LTO/PGO" in text or "pgo/lto" in text:
-        return (f"Debian package build: {log} records LTO/PGO builds on this architecture and that the LTO "
-                "flags are not propagated to sysconfig, so CONFIG_ARGS does not show them")
-    return None
+    said = [line.strip(" *") for line in text.splitlines()
+            if "lto" in line.lower() and ("pgo" in line.lower() or "sysconfigdata" in line.lower())]
+    if not said:
+        return None
+    return (f"Debian build: {log} says " + "; ".join(f"'{s}'" for s in said)
+            + " (so CONFIG_ARGS cannot show LTO/PGO; which architectures get them is decided by debian/rules)")
 
 
 def describe_build(info: Dict[str, object]) -> str:
