@@ -1216,9 +1216,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             groups.append((engine, gateway_targets(gw_port if i == 0 else free_port(), engine, i == 0)))
         order = []
         for engine, targets in groups:
-            order += [t[0] for t in targets]
-            if engine is None:  # the peers that could not start are reported in their place
-                order += [row for row in wanted_peers if row not in order]
+            if engine is None:  # the peers in a fixed order, those that could not start too
+                order += [t[0] for t in targets if t[0] not in peers.PEER_ROWS] + wanted_peers
+            else:
+                order += [t[0] for t in targets]
             if only:
                 targets = [t for t in targets if t[0].split("@")[0] in only]
             gateway = None
