@@ -186,15 +186,21 @@ KeepAliveTimeout 300
 OIDCCryptoPassphrase {passphrase}
 OIDCOAuthVerifyCertFiles bench#{cert}
 OIDCOAuthRemoteUserClaim sub
+# (mod_auth_openidc checks exp itself; iss and aud as the gateway and the haproxy row do)
 <Location />
     AuthType oauth20
-    Require valid-user
+    <RequireAll>
+        Require valid-user
+        Require claim iss:{issuer}
+        Require claim aud:{audience}
+    </RequireAll>
 </Location>
-ProxyPass / http://127.0.0.1:{upstream_port}/ keepalive=On
+# mod_proxy keeps the upstream connections open and reuses them (the default, stated here)
+ProxyPass / http://127.0.0.1:{upstream_port}/ disablereuse=Off
 """
 
 
-def apache_spec(tmp: str, port: int, upstream_port: int, cert: str) -> PeerSpec:
+def apache_spec(tmp: str, port: int, upstream_port: int, cert: str, issuer: str, audience: str) -> PeerSpec:
     prefix = os.path.join(tmp, "apache")
     os.makedirs(prefix, exist_ok=True)
     conf = os.path.join(prefix, "httpd.conf")
@@ -202,7 +208,8 @@ def apache_spec(tmp: str, port: int, upstream_port: int, cert: str) -> PeerSpec:
     user = "User www-data\nGroup www-data" if os.geteuid() == 0 else ""
     with open(conf, "w") as fh:
         fh.write(APACHE_CFG.format(prefix=prefix, port=port, upstream_port=upstream_port, cert=cert,
-                                   modules=APACHE_MODULES, user=user, passphrase=os.urandom(16).hex()))
+                                   modules=APACHE_MODULES, user=user, passphrase=os.urandom(16).hex(),
+                                   issuer=issuer, audience=audience))
     return PeerSpec("apache", "apache mod_auth_openidc (RS256)", port,
                     check=["apache2", "-t", "-f", conf],
                     serve=["apache2", "-DFOREGROUND", "-f", conf],

@@ -1057,7 +1057,7 @@ def start_peers(procs: Processes, tmp: str, wanted: List[str], skipped: Dict[str
     keys = peers.write_peer_keys(tmp, private_pem)
     builders = {
         "haproxy": lambda port: peers.haproxy_spec(tmp, port, upstream_port, keys["public"], RS_ISSUER, RS_AUDIENCE),
-        "apache": lambda port: peers.apache_spec(tmp, port, upstream_port, keys["cert"]),
+        "apache": lambda port: peers.apache_spec(tmp, port, upstream_port, keys["cert"], RS_ISSUER, RS_AUDIENCE),
     }
     started: Dict[str, object] = {}
     for row in wanted:
