@@ -5,13 +5,18 @@
 
 What it does (see bench/README.md):
 
-1. checks that ``wrk``, ``nginx`` and ``taskset`` are installed;
+1. checks that ``wrk``, ``nginx`` and ``taskset`` are installed (``haproxy``, ``apache2`` and
+   mod_auth_openidc are optional: their rows are skipped, with the reason, when missing);
 2. starts, on 127.0.0.1 and free ports, a static nginx upstream (CPU 1), nginx
-   ``proxy_pass`` in front of it (one worker, upstream keepalive, CPU 0) and one
-   gateway process (CPU 0) with a public route, an HS256 and an RS256 bearer route;
-3. runs ``wrk`` (CPU 1) against the upstream, nginx and the three gateway routes,
-   prints requests/s, p50, p99 and the ratio to nginx, checks the targets and
-   writes bench/results/latest.json;
+   ``proxy_pass`` in front of it (one worker, upstream keepalive, CPU 0), the peers HAProxy
+   ``jwt_verify`` and Apache + mod_auth_openidc verifying the RS256 token (CPU 0, see
+   bench/peers.py) and one gateway process per engine (CPU 0) with a public route, an HS256
+   and an RS256 bearer route;
+3. runs ``wrk`` (CPU 1) against the upstream, nginx, the peers and the gateway routes (also
+   ``rs-fresh``: a different RS256 token on every request), after checking that the peers and
+   the RS256 rows refuse a missing and a badly signed token; prints requests/s, p50, p99, the
+   ratio to nginx, the CPU us per request of each server and the gateway's Python build,
+   checks the targets and writes bench/results/latest.json;
 4. streams a 1 GiB upload and a 1 GiB download through a fresh gateway process
    and samples its RSS (VmRSS / VmHWM) every 50 ms;
 5. with ``--workers`` (or ``--only workers``): runs wrk on the RS256 route of a gateway
