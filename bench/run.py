@@ -1270,6 +1270,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     log(f"{name}: {exc}")
                     rows[key] = {"name": name, "error": str(exc)}
                     exit_code = 1
+            if engine is None:  # the peers are measured: stop them before the gateway rows
+                for _, _, proc in peer_procs.values():
+                    procs.stop(proc)
             if gateway is not None:
                 gw_hwm = read_status(gateway.pid).get("VmHWM")
                 results.setdefault("gateway_vmhwm_after_wrk_bytes", {})[engine] = gw_hwm
@@ -1278,8 +1281,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if gw_hwm:
                     print(f"gateway ({engine}) peak RSS (VmHWM) during the wrk runs: {mb(gw_hwm)}")
 
-        for row, (_, _, proc) in peer_procs.items():  # measured: stop them before the other tests
-            procs.stop(proc)
         nginx_rps = rows.get("nginx", {}).get("rps")
         table = [rows[k] for k in order if k in rows]
         for r in table:
