@@ -5,13 +5,18 @@
 
 What it does (see bench/README.md):
 
-1. checks that ``wrk``, ``nginx`` and ``taskset`` are installed;
+1. checks that ``wrk``, ``nginx`` and ``taskset`` are installed (``haproxy``, ``apache2`` and
+   mod_auth_openidc are optional: their rows are skipped, with the reason, when missing);
 2. starts, on 127.0.0.1 and free ports, a static nginx upstream (CPU 1), nginx
-   ``proxy_pass`` in front of it (one worker, upstream keepalive, CPU 0) and one
-   gateway process (CPU 0) with a public route, an HS256 and an RS256 bearer route;
-3. runs ``wrk`` (CPU 1) against the upstream, nginx and the three gateway routes,
-   prints requests/s, p50, p99 and the ratio to nginx, checks the targets and
-   writes bench/results/latest.json;
+   ``proxy_pass`` in front of it (one worker, upstream keepalive, CPU 0), the peers HAProxy
+   ``jwt_verify`` and Apache + mod_auth_openidc verifying the RS256 token (CPU 0, see
+   bench/peers.py) and one gateway process per engine (CPU 0) with a public route, an HS256
+   and an RS256 bearer route;
+3. runs ``wrk`` (CPU 1) against the upstream, nginx, the peers and the gateway routes (also
+   ``rs-fresh``: a different RS256 token on every request), after checking that the peers and
+   the RS256 rows refuse a missing and a badly signed token; prints requests/s, p50, p99, the
+   ratio to nginx, the CPU us per request of each server and the gateway's Python build,
+   checks the targets and writes bench/results/latest.json;
 4. streams a 1 GiB upload and a 1 GiB download through a fresh gateway process
    and samples its RSS (VmRSS / VmHWM) every 50 ms;
 5. with ``--workers`` (or ``--only workers``): runs wrk on the RS256 route of a gateway
@@ -46,10 +51,13 @@ import urllib.request
 from typing import Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import peers  # noqa: E402  (bench/peers.py: HAProxy, Apache, the fresh-token script, the Python build)
+
 REPO = os.path.dirname(HERE)
 RESULTS_DIR = os.path.join(HERE, "results")
 
-GATEWAY_CPU = "0"   # nginx proxy_pass and the gateway
+GATEWAY_CPU = "0"   # nginx proxy_pass, haproxy, apache and the gateway
 CLIENT_CPU = "1"    # wrk, the upstreams and the memory-test client
 
 TARGETS = {  # ratio of the gateway's requests/s to nginx proxy_pass, in the same run
@@ -70,7 +78,8 @@ RS_AUDIENCE = "bench-api"
 # --------------------------------------------------------------------------- utilities
 
 
-GATEWAY_ROWS = ("public", "hs", "rs", "hsa", "tls")  # the rows served by the gateway
+GATEWAY_ROWS = ("public", "hs", "rs", "rs-fresh", "hsa", "tls")  # the rows served by the gateway
+GATEWAY_PYTHON = sys.executable  # the interpreter that runs the gateway (--python)
 
 
 def log(msg: str) -> None:
@@ -166,20 +175,25 @@ class Processes:
 # --------------------------------------------------------------------------- prerequisites
 
 
-def check_tools(wait: float) -> None:
-    """wrk and nginx may still be installing (background apt-get); wait a bounded time."""
+def check_tools(wait: float, peer_rows: tuple = ()) -> Dict[str, str]:
+    """wrk and nginx may still be installing (background apt-get); wait a bounded time.
+
+    The peers' programs (``peer_rows``: haproxy, apache) are waited for the same way but are
+    optional: returns row -> why it cannot run, for those still missing; those rows are skipped."""
     deadline = time.monotonic() + wait
     announced = False
     while True:
         missing = [t for t in ("wrk", "nginx", "taskset") if shutil.which(t) is None]
-        if not missing:
-            return
+        peers_missing = {row: peers.missing_needs(row) for row in peer_rows}
+        peers_missing = {row: m for row, m in peers_missing.items() if m}
         apt_done = False
         try:
             with open("/tmp/apt.log", errors="replace") as fh:
                 apt_done = "done" in fh.read()
         except OSError:
             apt_done = True  # no install in progress
+        if not missing and (not peers_missing or apt_done or time.monotonic() > deadline):
+            return {row: peers.missing_reason(row, m) for row, m in peers_missing.items()}
         if apt_done or time.monotonic() > deadline:
             print(
                 f"missing: {', '.join(missing)}\n"
@@ -188,7 +202,8 @@ def check_tools(wait: float) -> None:
             )
             sys.exit(2)
         if not announced:
-            log(f"waiting for {', '.join(missing)} (apt-get still running, see /tmp/apt.log)")
+            waiting = missing + [n for m in peers_missing.values() for n in m]
+            log(f"waiting for {', '.join(waiting)} (apt-get still running, see /tmp/apt.log)")
             announced = True
         time.sleep(5)
 
@@ -402,9 +417,11 @@ tokens:
     secret: {HS_SECRET}
     algorithms: [HS256]
     audience: any
+    cache_size: {peers.TOKEN_CACHE_SIZE}
   - issuer: {RS_ISSUER}
     audience: {RS_AUDIENCE}
     algorithms: [RS256]
+    cache_size: {peers.TOKEN_CACHE_SIZE}
     public_key: |
 {pem}
 
@@ -440,7 +457,7 @@ routes:
 
 def check_gateway_config(routes: str) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "gateway", "check", "-c", routes],
+        [GATEWAY_PYTHON, "-m", "gateway", "check", "-c", routes],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     if res.returncode != 0:
@@ -452,7 +469,7 @@ def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str, 
     """``taskset -c CPUS python -m gateway serve``; returns once ``workers`` processes logged "listening"."""
     logf = os.path.join(tmp, f"gateway-{tag}.log")
     proc = procs.start(
-        ["taskset", "-c", cpus, sys.executable, "-m", "gateway", "serve", "-c", routes,
+        ["taskset", "-c", cpus, GATEWAY_PYTHON, "-m", "gateway", "serve", "-c", routes,
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(logf, "w"), **popen_kw,
     )
@@ -467,15 +484,20 @@ def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str, 
     raise RuntimeError(f"gateway did not log 'listening' ({workers} workers) within 30 s:\n{tail(logf)}")
 
 
+def rs_claims() -> Dict[str, object]:
+    now = int(time.time())
+    return {"sub": "bench-user", "email": "bench@example.com", "iat": now, "nbf": now - 5, "exp": now + 3600,
+            "iss": RS_ISSUER, "aud": RS_AUDIENCE}
+
+
 def mint_tokens(private_pem: bytes) -> Dict[str, str]:
+    """The repeated tokens: ``hs``, ``rs``, and ``rs-bad`` (the RS256 claims signed by another key)."""
     import jwt
 
-    now = int(time.time())
-    base = {"sub": "bench-user", "email": "bench@example.com", "iat": now, "nbf": now - 5, "exp": now + 3600}
-    hs = jwt.encode({**base, "iss": HS_ISSUER, "aud": "bench"}, HS_SECRET, algorithm="HS256")
-    rs = jwt.encode({**base, "iss": RS_ISSUER, "aud": RS_AUDIENCE}, private_pem, algorithm="RS256",
-                    headers={"kid": "bench"})
-    return {"hs": hs, "rs": rs}
+    claims = rs_claims()
+    hs = jwt.encode({**claims, "iss": HS_ISSUER, "aud": "bench"}, HS_SECRET, algorithm="HS256")
+    rs = jwt.encode(claims, private_pem, algorithm="RS256", headers={"kid": "bench"})
+    return {"hs": hs, "rs": rs, "rs-bad": peers.bad_signature_token(claims)}
 
 
 # --------------------------------------------------------------------------- wrk
@@ -579,15 +601,18 @@ def cpu_stat_delta(before: Dict[str, List[int]], after: Dict[str, List[int]], el
 def run_wrk_once(url: str, duration: float, connections: int, token: Optional[str], ours: List[int],
                  focus: Optional[List[int]] = None, cpus: str = CLIENT_CPU,
                  groups: Optional[Dict[str, List[int]]] = None,
-                 during: Optional[Callable[[], object]] = None) -> Dict[str, object]:
+                 during: Optional[Callable[[], object]] = None, script: Optional[str] = None) -> Dict[str, object]:
     """One wrk run (``taskset -c CPUS wrk``); also measures how much CPU other processes of the
     machine used meanwhile. ``groups`` (name -> PIDs, with their children) adds a CPU split
     (``cpu_split``: cores per group, per process, for wrk, and per CPU from /proc/stat);
-    ``during()`` is called once half-way through, its result stored as ``during``."""
+    ``during()`` is called once half-way through, its result stored as ``during``; ``script`` is a
+    wrk Lua script (``-s``), e.g. the fresh-token one."""
     argv = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
             "--latency", "--timeout", "5s"]
     if token:
         argv += ["-H", f"Authorization: Bearer {token}"]
+    if script:
+        argv += ["-s", script]
     argv.append(url)
     pids = tree_pids(ours)
     focus_pids = tree_pids(focus or [])
@@ -647,9 +672,10 @@ def run_wrk(url: str, duration: float, connections: int, token: Optional[str], w
             ours: List[int], repeat: int = 1, idle_wait: float = 0.0, focus: Optional[List[int]] = None,
             **kw) -> Dict[str, object]:
     """Warm up, then ``repeat`` measurements; the one with the median requests/s is reported.
-    ``kw`` goes to ``run_wrk_once`` (cpus, groups, during)."""
+    ``kw`` goes to ``run_wrk_once`` (cpus, groups, during, script)."""
     if warmup > 0:
-        run_wrk_once(url, warmup, connections, token, ours, focus, cpus=kw.get("cpus", CLIENT_CPU))
+        run_wrk_once(url, warmup, connections, token, ours, focus, cpus=kw.get("cpus", CLIENT_CPU),
+                     script=kw.get("script"))
     runs = []
     for _ in range(max(1, repeat)):
         if idle_wait > 0:
@@ -967,8 +993,9 @@ def print_table(rows: List[Dict[str, object]], nginx_rps: Optional[float]) -> No
     print(f"{'target':<44} {'req/s':>10} {'x nginx':>8} {'p50':>10} {'p99':>10} {'server CPU':>10} {'CPU us/req':>10}  notes")
     print("-" * 119)
     for r in rows:
-        if "error" in r:
-            print(f"{r['name']:<44} {'-':>10} {'-':>8} {'-':>10} {'-':>10} {'-':>10} {'-':>10}  ERROR: {r['error'].splitlines()[0]}")
+        if "error" in r or "skipped" in r:
+            why = f"ERROR: {r['error'].splitlines()[0]}" if "error" in r else f"SKIPPED: {r['skipped']}"
+            print(f"{r['name']:<44} {'-':>10} {'-':>8} {'-':>10} {'-':>10} {'-':>10} {'-':>10}  {why}")
             continue
         ratio = f"{r['rps'] / nginx_rps:.3f}" if nginx_rps else "-"
         cpu = "-" if r.get("cpu_server_cores") is None else f"{r['cpu_server_cores'] * 100:.0f}%"
@@ -1011,6 +1038,75 @@ def check_targets(rows: Dict[str, Dict[str, object]], nginx_rps: Optional[float]
     return checks
 
 
+# --------------------------------------------------------------------------- peers
+
+CHECKED_ROWS = ("rs", "rs-fresh") + peers.PEER_ROWS  # must refuse missing/badly signed tokens before measuring
+
+
+def start_peer(procs: Processes, spec: "peers.PeerSpec", cpu: str = GATEWAY_CPU) -> subprocess.Popen:
+    """Test the peer's configuration, then ``taskset -c CPU`` it in the foreground (stopped by PID)."""
+    test = subprocess.run(spec.check, capture_output=True, text=True, timeout=30)
+    if test.returncode != 0:
+        raise RuntimeError(f"{spec.row}: config test failed:\n{test.stderr}{test.stdout}")
+    proc = procs.start(["taskset", "-c", cpu] + spec.serve, stdout=subprocess.DEVNULL,
+                       stderr=open(spec.logs[-1], "w"))
+    if not wait_port(spec.port, 15, proc):
+        raise RuntimeError(f"{spec.row} did not start:\n" + "".join(tail(p) for p in spec.logs))
+    return proc
+
+
+def start_peers(procs: Processes, tmp: str, wanted: List[str], skipped: Dict[str, str], upstream_port: int,
+                private_pem: bytes, rows: Dict[str, Dict[str, object]]) -> Dict[str, object]:
+    """Start the wanted peers that are installed; returns row -> (label, port, process). A peer
+    that is missing or does not start gets its row (``skipped`` / ``error``) here instead."""
+    keys = peers.write_peer_keys(tmp, private_pem)
+    builders = {
+        "haproxy": lambda port: peers.haproxy_spec(tmp, port, upstream_port, keys["public"], RS_ISSUER, RS_AUDIENCE),
+        "apache": lambda port: peers.apache_spec(tmp, port, upstream_port, keys["cert"], RS_ISSUER, RS_AUDIENCE),
+    }
+    started: Dict[str, object] = {}
+    for row in wanted:
+        spec = builders[row](free_port())
+        if row in skipped:
+            rows[row] = {"name": spec.label, "skipped": skipped[row]}
+            log(f"{spec.label}: skipped: {skipped[row]}")
+            continue
+        try:
+            proc = start_peer(procs, spec)
+        except Exception as exc:  # noqa: BLE001 - reported per row
+            rows[row] = {"name": spec.label, "error": str(exc)}
+            log(f"{spec.label}: {exc}")
+            continue
+        log(f"{spec.label} on :{spec.port} (CPU {GATEWAY_CPU}, pid {proc.pid})")
+        started[row] = (spec.label, spec.port, proc)
+    return started
+
+
+def peer_versions(started: Dict[str, object]) -> Dict[str, Optional[str]]:
+    out: Dict[str, Optional[str]] = {}
+    if "haproxy" in started:
+        out["haproxy"] = tool_version(["haproxy", "-v"])
+    if "apache" in started:
+        out["apache"] = tool_version(["apache2", "-v"])
+        out["mod_auth_openidc"] = tool_version(["dpkg-query", "-W", "-f=${Version}", "libapache2-mod-auth-openidc"])
+    return out
+
+
+def probe_target(key: str, url: str, token, bad_token: str, gw_log: Optional[str]) -> None:
+    """Raise unless the target answers 200 (and, for CHECKED_ROWS, 401 without a token and to a
+    badly signed one). ``token`` is a token, a peers.FreshTokens or None."""
+    probe = token.probe if isinstance(token, peers.FreshTokens) else token
+    if key.split("@")[0] in CHECKED_ROWS:
+        problem = peers.auth_check(http_get, url, probe, bad_token)
+        if problem:
+            raise RuntimeError(f"not measured: the 401/200 check failed: {problem}")
+        return
+    status, body = http_get(url, {"Authorization": f"Bearer {probe}"} if probe else {})
+    if status != 200:
+        raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
+                           + (f"\ngateway log:\n{tail(gw_log)}" if gw_log else ""))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1033,7 +1129,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--engines", default="tornado,httptools",
                     help="comma-separated server.http_engine values, each a gateway of its own measured in this run; "
                          "the first one's rows are the ones checked against the targets (default tornado,httptools)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: upstream,nginx,public,hs,rs,hsa,memory,workers (no target checks except memory)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated subset of: upstream,nginx,haproxy,apache,public,hs,rs,rs-fresh,hsa,tls,"
+                         "memory,workers (no target checks except memory)")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the Python that runs the gateway (default: this one); it needs the gateway's dependencies, "
+                         "e.g. a venv made from it (see bench/README.md)")
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
@@ -1042,8 +1143,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.warmup = min(args.warmup, 1.0)
     size = parse_size(args.memory_size)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
+    global GATEWAY_PYTHON
+    GATEWAY_PYTHON = args.python
+    wanted_peers = [row for row in peers.PEER_ROWS if not only or row in only]
 
-    check_tools(args.tool_wait)
+    skipped_peers = check_tools(args.tool_wait, tuple(wanted_peers))
+    python_info = peers.python_build(GATEWAY_PYTHON)
+    log(f"gateway Python: {peers.describe_build(python_info)}")
     if (os.cpu_count() or 1) < 2:
         log("WARNING: fewer than 2 CPUs; the CPU pinning below will fail")
 
@@ -1056,7 +1162,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "cpu_model": cpu_model(), "nginx": tool_version(["nginx", "-v"]), "wrk": tool_version(["wrk", "--version"])},
         "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
                      "repeat": args.repeat, "idle_wait_s": args.idle_wait,
-                     "wrk_threads": 1, "gateway_cpu": GATEWAY_CPU, "client_cpu": CLIENT_CPU},
+                     "wrk_threads": 1, "gateway_cpu": GATEWAY_CPU, "client_cpu": CLIENT_CPU,
+                     "token_cache_size_per_issuer": peers.TOKEN_CACHE_SIZE},
+        "gateway_python": python_info,
     }
     rows: Dict[str, Dict[str, object]] = {}
     exit_code = 0
@@ -1077,6 +1185,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         routes = write_routes(tmp, gw_port, upstream_port, mem_port, public_pem, tls_port=tls_port,
                               tls_ca=tls_files["ca"])
         tokens = mint_tokens(private_pem)
+        fresh = None
+        if not only or "rs-fresh" in only:
+            log(f"minting {peers.FRESH_TOKENS} RS256 tokens for the fresh-token rows")
+            fresh = peers.FreshTokens(tmp, private_pem, rs_claims())
+            results["settings"]["fresh_tokens"] = fresh.count
+        peer_procs = start_peers(procs, tmp, wanted_peers, skipped_peers, upstream_port, private_pem, rows)
+        servers.update({row: proc for row, (_, _, proc) in peer_procs.items()})
+        if any("error" in rows.get(row, {}) for row in wanted_peers):
+            exit_code = 1
+        results["machine"].update(peer_versions(peer_procs))
         engines = [e.strip() for e in args.engines.split(",") if e.strip()] or ["tornado"]
         results["settings"]["engines"] = engines
 
@@ -1087,6 +1205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 ("public" + suffix, "gateway /public" + tag, f"http://127.0.0.1:{port}/public", None),
                 ("hs" + suffix, "gateway /hs (HS256)" + tag, f"http://127.0.0.1:{port}/hs", tokens["hs"]),
                 ("rs" + suffix, "gateway /rs (RS256)" + tag, f"http://127.0.0.1:{port}/rs", tokens["rs"]),
+            ] + ([("rs-fresh" + suffix, "gateway /rs (RS256, fresh token)" + tag, f"http://127.0.0.1:{port}/rs", fresh)]
+                 if fresh is not None else []) + [
                 ("hsa" + suffix, "gateway /hsa (HS256 + identity assertion)" + tag, f"http://127.0.0.1:{port}/hsa",
                  tokens["hs"]),
                 ("tls" + suffix, "gateway /tls (public, https upstream)" + tag, f"http://127.0.0.1:{port}/tls", None),
@@ -1096,12 +1216,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         groups: list = [(None, [
             ("upstream", "upstream (nginx, direct)", f"http://127.0.0.1:{upstream_port}/", None),
             ("nginx", "nginx proxy_pass", f"http://127.0.0.1:{proxy_port}/", None),
-        ])]
+        ] + [(row, label, f"http://127.0.0.1:{port}/", tokens["rs"]) for row, (label, port, _) in peer_procs.items()])]
         for i, engine in enumerate(engines):
             groups.append((engine, gateway_targets(gw_port if i == 0 else free_port(), engine, i == 0)))
         order = []
         for engine, targets in groups:
-            order += [t[0] for t in targets]
+            if engine is None:  # the peers in a fixed order, those that could not start too
+                order += [t[0] for t in targets if t[0] not in peers.PEER_ROWS] + wanted_peers
+            else:
+                order += [t[0] for t in targets]
             if only:
                 targets = [t for t in targets if t[0].split("@")[0] in only]
             gateway = None
@@ -1125,16 +1248,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                     exit_code = 1
 
             for key, name, url, token in targets:
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                script = token.script if isinstance(token, peers.FreshTokens) else None
                 try:
-                    status, body = http_get(url, headers)
-                    if status != 200:
-                        raise RuntimeError(f"probe GET {url} answered {status}: {body[:300]!r}"
-                                           + (f"\ngateway log:\n{tail(gw_log)}" if gw_log else ""))
+                    probe_target(key, url, token, tokens["rs-bad"], gw_log)
                     log(f"wrk {name}: {args.duration:.0f} s, {args.connections} connections")
                     ours = [p.pid for p in procs.procs if p.poll() is None]
-                    r = run_wrk(url, args.duration, args.connections, token, args.warmup, ours,
-                                repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid])
+                    r = run_wrk(url, args.duration, args.connections, None if script else token, args.warmup, ours,
+                                repeat=args.repeat, idle_wait=args.idle_wait, focus=[servers[key].pid],
+                                script=script)
                     if r["cpu_other_cores"] > 0.10:
                         log(f"WARNING: other processes used {r['cpu_other_cores']:.2f} cores during this measurement")
                     if gateway is not None and gateway.poll() is not None:
@@ -1149,6 +1270,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     log(f"{name}: {exc}")
                     rows[key] = {"name": name, "error": str(exc)}
                     exit_code = 1
+            if engine is None:  # the peers are measured: stop them before the gateway rows
+                for _, _, proc in peer_procs.values():
+                    procs.stop(proc)
             if gateway is not None:
                 gw_hwm = read_status(gateway.pid).get("VmHWM")
                 results.setdefault("gateway_vmhwm_after_wrk_bytes", {})[engine] = gw_hwm
@@ -1166,6 +1290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 r["p99_ratio_to_nginx"] = (r["p99_ms"] / rows["nginx"]["p99_ms"]) if r.get("p99_ms") and rows["nginx"].get("p99_ms") else None
         if table:
             print_table(table, nginx_rps)
+            print(f"gateway Python: {peers.describe_build(python_info)}\n")
         results["throughput"] = {k: {kk: vv for kk, vv in rows[k].items() if kk != "raw"} for k in order if k in rows}
         results["wrk_output"] = {k: rows[k].get("raw") for k in order if k in rows}
 
