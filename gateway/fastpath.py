@@ -177,6 +177,14 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
         self.exchange = pipeline.exchange_for(admitted, self.sink, self.gateway.clients, runtime)
         self._begin()
+        # On the loop's next turn: the requests read together all go upstream together and their
+        # answers come back in one batch too (starting at once measured 20% more CPU per request).
+        asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        assert self.exchange is not None
+        if not self.running:
+            return  # the client left, or shutdown cut it, before it began
         if not self.exchange.start_now(self._settle):
             asyncio.ensure_future(self._run())
 
