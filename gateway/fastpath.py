@@ -177,7 +177,16 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
         self.exchange = pipeline.exchange_for(admitted, self.sink, self.gateway.clients, runtime)
         self._begin()
-        asyncio.ensure_future(self._run())
+        # On the loop's next turn: the requests read together all go upstream together and their
+        # answers come back in one batch too (starting at once measured 20% more CPU per request).
+        asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        assert self.exchange is not None
+        if not self.running:
+            return  # the client left, or shutdown cut it, before it began
+        if not self.exchange.start_now(self._settle):
+            asyncio.ensure_future(self._run())
 
     def _begin(self) -> None:
         self.running = True
@@ -185,19 +194,26 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         self.gateway.active.add(self)
 
     async def _run(self) -> None:
+        assert self.exchange is not None
+        try:
+            await self.exchange.run()
+        except Exception as exc:
+            return self._settle(exc)
+        self._settle(None)
+
+    def _settle(self, error: Optional[BaseException]) -> None:
+        """The exchange is over (``error`` as ``Exchange.run`` raised it): finish the answer and record it."""
         exchange, sink, scope = self.exchange, self.sink, self.acc.scope
         assert exchange is not None
-        try:
-            await exchange.run()
-        except UpstreamError as exc:
-            answer = pipeline.upstream_failed(self.gateway, scope, exc, exchange.upstream, exchange.started)
+        if isinstance(error, UpstreamError):
+            answer = pipeline.upstream_failed(self.gateway, scope, error, exchange.upstream, exchange.started)
             if answer is not None and self.running:
                 self._answer(answer, self.runtime)
                 return self._done(answer.status)
             sink.close()
             return self._done(sink.status)
-        except Exception as exc:  # the client left while writing, or a bug: never a traceback
-            scope.reason = f"internal error: {type(exc).__name__}"
+        if error is not None:  # the client left while writing, or a bug: never a traceback
+            scope.reason = f"internal error: {type(error).__name__}"
             sink.close()
             return self._done(sink.status if exchange.started else 500)
         scope.upstream = exchange.upstream

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import socket
 import ssl
@@ -41,6 +42,15 @@ from tornado import httputil
 from tornado.iostream import StreamClosedError
 
 from .http1_stream import QUEUED_LIMIT, TransportStream, _Unsent  # noqa: F401
+
+# HTTPHeaders keeps each name's lines in _as_list and the joined values in _combined_cache (Tornado 6.5+).
+_DIRECT_HEADERS = all(hasattr(httputil.HTTPHeaders(), slot) for slot in ("_as_list", "_combined_cache"))
+
+
+@functools.lru_cache(1000)
+def _header_case(name: str) -> str:
+    """Http-Header-Case, as HTTPHeaders spells the names it looks up."""
+    return "-".join([word.capitalize() for word in name.split("-")])
 
 log = logging.getLogger("gateway")
 app_log = logging.getLogger("tornado.application")
@@ -420,8 +430,22 @@ class H1Protocol(asyncio.Protocol):
         self._hsize += len(name) + len(value) + 4
         if self._hsize > self.server.max_header_size:
             raise _HeadTooLarge()
-        # llhttp drops the leading whitespace of a value, not the trailing (RFC 9110 5.5: both are not part of it)
-        self._headers.add(name.decode("latin1"), value.decode("latin1").rstrip(" \t"))  # type: ignore[union-attr]
+        # llhttp drops the leading whitespace of a value, not the trailing (RFC 9110 5.5: both are not part of it).
+        # llhttp has validated the name (a token) and the value (no control character but HTAB) as
+        # HTTPHeaders.add would, by regex, again: the lists are filled directly.
+        text = value.decode("latin1").rstrip(" \t")
+        headers = self._headers
+        assert headers is not None
+        if not _DIRECT_HEADERS:  # pragma: no cover - a Tornado whose HTTPHeaders is laid out otherwise
+            headers.add(name.decode("latin1"), text)
+            return
+        norm = _header_case(name.decode("latin1"))
+        values = headers._as_list.get(norm)
+        if values is None:
+            headers._as_list[norm] = [text]
+        else:
+            headers._combined_cache.pop(norm, None)
+            values.append(text)
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0

@@ -129,6 +129,7 @@ class Metrics:
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now.", registry=r,
                                multiprocess_mode="livesum")
         _process_collectors(r)
+        self._children: dict[tuple, tuple] = {}  # (route, method, status class) -> (request counter, latency)
 
     def exposition(self) -> bytes:
         """The text format for /metrics: this process's registry, or every worker's when there are several."""
@@ -140,14 +141,27 @@ class Metrics:
         return generate_latest(self.registry)
 
     def observe(self, scope: RequestScope, status: int, duration: float) -> None:
-        route = scope.route or "-"
-        method = scope.method if scope.method in _KNOWN_METHODS else "OTHER"
-        self.requests.labels(route, method, f"{status // 100}xx").inc()
-        self.latency.labels(route).observe(duration)
+        key = (scope.route or "-", scope.method if scope.method in _KNOWN_METHODS else "OTHER", status // 100)
+        children = self._children.get(key)
+        if children is None:  # labels() hashes and locks on every call: once per label set instead
+            children = self._children[key] = (self.requests.labels(key[0], key[1], f"{key[2]}xx"),
+                                               self.latency.labels(key[0]))
+        children[0].inc()
+        children[1].observe(duration)
 
 
 # One encoder for every log line: json.dumps(..., separators=...) builds a new one per call.
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII but '"' and '\\': a JSON string as it is
+
+
+def _string(value: Optional[str]) -> str:
+    """A JSON string (or null); the access log's fields are nearly always plain, and quoted as they are."""
+    if value is None:
+        return "null"
+    if _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return _compact(value)
 
 
 class AccessLog:
@@ -182,24 +196,14 @@ class AccessLog:
             pass
 
     def write(self, scope: RequestScope, status: int, nbytes: int, duration: float) -> None:
-        entry: dict[str, Any] = {
-            "time": self._now(),
-            "request_id": scope.request_id,
-            "client_ip": scope.client_ip,
-            "method": scope.method,
-            "host": scope.host,
-            "path": scope.path,
-            "route": scope.route,
-            "status": status,
-            "bytes": nbytes,
-            "duration_ms": round(duration * 1000, 3),
-            "upstream": scope.upstream,
-            "user": scope.user,
-        }
-        if scope.reason:
-            entry["reason"] = scope.reason
+        reason = f',"reason":{_string(scope.reason)}' if scope.reason else ""
+        line = (f'{{"time":"{self._now()}","request_id":{_string(scope.request_id)},'
+                f'"client_ip":{_string(scope.client_ip)},"method":{_string(scope.method)},'
+                f'"host":{_string(scope.host)},"path":{_string(scope.path)},"route":{_string(scope.route)},'
+                f'"status":{int(status)},"bytes":{int(nbytes)},"duration_ms":{round(duration * 1000, 3)!r},'
+                f'"upstream":{_string(scope.upstream)},"user":{_string(scope.user)}{reason}}}\n')
         try:
-            self.stream.write(_compact(entry) + "\n")
+            self.stream.write(line)
         except (OSError, ValueError):
             return  # a closed stdout must not break request handling
         if not self._flush_scheduled:

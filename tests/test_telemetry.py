@@ -6,6 +6,9 @@ import io
 import json
 import re
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway.telemetry import AccessLog, RequestScope, request_id
 
 
@@ -48,3 +51,19 @@ def test_json_log_format_is_one_object_per_line():
         record.exc_info = sys.exc_info()
     entry = json.loads(JsonLogFormatter().format(record))
     assert entry["error"] == "ValueError: boom" and "Traceback" not in json.dumps(entry)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.one_of(st.none(), st.text()), st.integers(0, 599), st.floats(0, 1e6))
+def test_any_access_log_line_is_one_json_object_with_the_fields_as_given(path, user, status, duration):
+    # The line is formatted by hand (no dict, no encoder per request): it must still be JSON for any input.
+    out = io.StringIO()
+    scope = RequestScope("rid", "127.0.0.1", "GET", "h", path)
+    scope.user = user
+    AccessLog(out).write(scope, status, 5, duration)
+    text = out.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    entry = json.loads(text)
+    assert entry["path"] == path and entry["user"] == user and entry["status"] == status
+    assert entry["duration_ms"] == round(duration * 1000, 3)
+    assert text.isascii()

@@ -13,9 +13,10 @@ a 502, a timeout a 504.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-from typing import Any, Awaitable, Iterable, NamedTuple, Optional
+from typing import Any, Awaitable, Callable, Iterable, NamedTuple, Optional
 from urllib.parse import urlsplit
 
 from tornado import httputil
@@ -25,7 +26,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 
 from .curl import HIGH_WATER, CurlAsyncHTTPClient, CurlTransport
 from .headers import response_headers
-from .native import IDEMPOTENT, NativeTransport, UpstreamClient
+from .native import IDEMPOTENT, NativeTransport, StaleConnection, UpstreamClient
 from .sinks import ResponseSink
 from .transport import Request, Transport, UpstreamError
 
@@ -167,6 +168,7 @@ class Exchange:
         self._transport: Optional[Transport] = None
         self._aborted = False
         self._waiting_drain: Any = None  # the drained() future while the upstream is paused
+        self._urls: Optional[tuple] = None  # the upstreams' order start_now took (each request advances it once)
 
     @property
     def gone(self) -> bool:
@@ -185,8 +187,42 @@ class Exchange:
 
     # -- the exchange -----------------------------------------------------------
 
+    def start_now(self, done: Callable[[Optional[BaseException]], None]) -> bool:
+        """Begin a bodiless request on an idle keep-alive connection, without a Task (the common case).
+
+        ``done`` gets None or what ``run`` would have raised. False when ``run`` must be
+        awaited instead (a body, https://, no idle connection to the first upstream).
+        """
+        request = self.request
+        urls = self._urls = self.balancer.order()
+        origin = self.clients.origin(urls[0])
+        if request.has_body or not origin.plain:
+            return False
+        transport = NativeTransport(self.clients.native)
+        self.upstream, self._transport = urls[0], transport
+        try:
+            started = transport.send_now(origin, request, self, lambda exc: self._sent_now(exc, done))
+        except UpstreamError:
+            started = False  # a head that cannot be sent: run() raises it
+        if not started:
+            self._transport = None
+        return started
+
+    def _sent_now(self, exc: Optional[BaseException], done: Callable[[Optional[BaseException]], None]) -> None:
+        if isinstance(exc, StaleConnection):  # the upstream had closed it: the awaited way retries
+            asyncio.ensure_future(self._run_then(done))
+            return
+        done(exc if exc is not None else getattr(self.sink, "error", None))
+
+    async def _run_then(self, done: Callable[[Optional[BaseException]], None]) -> None:
+        try:
+            await self.run()
+        except Exception as exc:
+            return done(exc)
+        done(None)
+
     async def run(self) -> None:
-        urls = self.balancer.order()
+        urls, self._urls = self._urls or self.balancer.order(), None  # start_now's order, if it took one
         request = self.request
         retriable = not request.has_body and request.method in IDEMPOTENT
         last: Optional[UpstreamError] = None
