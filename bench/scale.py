@@ -39,11 +39,7 @@ def write_many_routes(tmp: str, name: str, count: int, upstream_port: int) -> st
 
 
 def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return bench.read_status(pid).get("VmRSS", 0) // 1024
 
 
 def start_timed(procs: "bench.Processes", tmp: str, routes: str, tag: str) -> tuple:
