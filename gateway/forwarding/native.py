@@ -91,6 +91,10 @@ class _Connection(asyncio.Protocol):
         self.request_complete = True  # False while a request body is still being written
         self._got_bytes = False
 
+    def dropped_unanswered(self, exc: "UpstreamProtocolError") -> bool:
+        """The connection was reset before a byte of the answer: a pooled one the upstream had closed."""
+        return exc.kind == "reset" and not self._got_bytes
+
     @property
     def failed(self) -> bool:
         """The current answer was malformed."""
@@ -361,8 +365,7 @@ class UpstreamClient:
         try:
             await self._exchange(conn, head, method, on_head, on_body, body)
         except UpstreamProtocolError as exc:
-            stale = reused and not conn._got_bytes and exc.kind == "reset"
-            if not (stale and retry_stale and loop.time() < deadline):
+            if not (reused and retry_stale and conn.dropped_unanswered(exc) and loop.time() < deadline):
                 raise
             conn = await self._connect(pool, connect_timeout, deadline)
             if on_connection is not None:
@@ -444,7 +447,7 @@ class NativeTransport:
         except UpstreamProtocolError as exc:
             raise UpstreamError("reset", exc.detail) from None
 
-    def _failure(self, exc: BaseException, request: Request) -> BaseException:
+    def _failure(self, exc: Optional[BaseException], request: Request) -> Optional[BaseException]:
         """What a failed attempt raises: UpstreamError (a timeout once the route's timer fired)."""
         if self._timed_out:
             return UpstreamError("timeout", f"no complete answer within {request.timeout:g}s")
@@ -463,7 +466,7 @@ class NativeTransport:
         closed by the upstream before answering: retry the request the awaited way).
         Returns False, having started nothing, when no idle connection is at hand.
         """
-        if request.body is not None:
+        if request.body is not None or receiver.gone:  # gone: the awaited way ends it at once
             return False
         head, _ = self._head(origin, request)
         conn = self.client.pool(origin.host, origin.port).take_idle()
@@ -482,9 +485,8 @@ class NativeTransport:
             exc = UpstreamProtocolError("reset", "cancelled") if fut.cancelled() else fut.exception()
             if exc is None:
                 done(self._failure(exc, request) if self._timed_out else None)
-            elif (isinstance(exc, UpstreamProtocolError) and exc.kind == "reset" and not conn._got_bytes
-                  and not self._timed_out and not receiver.gone and request.method in IDEMPOTENT
-                  and loop.time() < deadline):
+            elif (isinstance(exc, UpstreamProtocolError) and conn.dropped_unanswered(exc) and not self._timed_out
+                  and not receiver.gone and request.method in IDEMPOTENT and loop.time() < deadline):
                 done(StaleConnection())
             else:
                 done(self._failure(exc, request))
