@@ -30,6 +30,7 @@ negative cache would give anyone who can send garbage a way to fill memory.
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
 import json
 import logging
@@ -61,6 +62,39 @@ DEFAULT_MAX_TOKEN_LENGTH = 8192
 # RFC 6750 section 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _WHITESPACE = re.compile(r"[ \t]")
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+
+
+def _segment(segment: bytes) -> bytes:
+    """One compact-JWS segment, decoded as strictly as PyJWT does (canonical base64url, at most
+    two '=') but by one regex instead of a Python loop over every character."""
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    if padding > 2 or (padding and len(segment) % 4) or len(stripped) % 4 == 1 or not _BASE64URL.fullmatch(stripped):
+        raise ValueError("not canonical base64url")
+    decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped:
+        raise ValueError("not canonical base64url")
+    return decoded
+
+
+def unverified_header(raw: str) -> Dict[str, Any]:
+    """The JOSE header, refusing what ``jwt.get_unverified_header`` refuses, at a fraction of its cost
+    (it is on every cache miss; jwt.decode checks the same again with the signature)."""
+    header_segment, payload_segment, signature_segment = raw.encode("utf-8").split(b".")
+    header = json.loads(_segment(header_segment))
+    if not isinstance(header, dict):
+        raise ValueError("header is not an object")
+    if header.get("b64", True) is not False:
+        _segment(payload_segment)
+    elif payload_segment:
+        raise ValueError("a detached payload's segment must be empty")
+    _segment(signature_segment)
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise ValueError("kid is not a string")
+    if "crit" in header:
+        return jwt.get_unverified_header(raw)  # rare: PyJWT's own checks of the critical extensions
+    return header
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "secp256k1"}
 
 
@@ -352,7 +386,7 @@ class TokenVerifier:
         if not isinstance(raw, str):
             raise _error("malformed token", "malformed")
         try:
-            header = jwt.get_unverified_header(raw)
+            header = unverified_header(raw)
         except Exception:
             raise _error("malformed token", "malformed") from None
         alg = header.get("alg")

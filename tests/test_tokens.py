@@ -20,7 +20,7 @@ from tests.support.fake_idp import HMAC_SECRET, NOW, FakeIdP, SigningKey
 from tests.support.tokens import make_token
 from gateway.config import ConfigError, TokenIssuerConfig, loads
 from gateway.models import AuthError
-from gateway.tokens import TokenVerifier, bearer_from_header
+from gateway.tokens import TokenVerifier, bearer_from_header, unverified_header
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -614,3 +614,34 @@ class CacheTest(VerifierTestCase):
             await verifier.verify(raw)
         per_call = (time.perf_counter() - started) / len(copies)
         assert per_call < 20e-6, per_call
+
+
+# -- the header of a cache miss is read by unverified_header, not PyJWT's slower one: same verdicts --
+
+
+def _header_verdict(read, raw):
+    try:
+        return ("ok", read(raw))
+    except Exception:
+        return ("refused",)
+
+
+_SEGMENT_TEXT = st.text(alphabet="ABCab019_-=+/.!\u00e9 \x00", max_size=12)
+_HS_TOKEN = jwt.encode({"iss": "x", "sub": "a"}, "k" * 32, algorithm="HS256", headers={"kid": "key-1"})
+
+
+@settings(max_examples=500, deadline=None)
+@given(_SEGMENT_TEXT, _SEGMENT_TEXT, _SEGMENT_TEXT, st.sampled_from(["", ".", ".."]))
+def test_unverified_header_refuses_and_accepts_what_pyjwt_does(a, b, c, extra):
+    h, p, sig = _HS_TOKEN.split(".")
+    for raw in (f"{a}.{b}.{c}{extra}", f"{h}.{p}{a}.{sig}", f"{h}.{p}.{sig}{a}", f"{a}{h}.{p}.{sig}"):
+        assert _header_verdict(unverified_header, raw) == _header_verdict(jwt.get_unverified_header, raw), raw
+
+
+@pytest.mark.parametrize("header", [{"alg": "HS256", "kid": 5}, {"alg": "HS256", "crit": ["b64"], "b64": False},
+                                    {"alg": "HS256", "crit": []}, [1], {"b64": False}, {"alg": "RS256", "kid": "k"}])
+@pytest.mark.parametrize("payload", ["", "eyJhIjoxfQ"])
+def test_unverified_header_on_odd_headers(header, payload):
+    segment = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    raw = f"{segment}.{payload}.c2ln"
+    assert _header_verdict(unverified_header, raw) == _header_verdict(jwt.get_unverified_header, raw)
