@@ -7,12 +7,13 @@ gateway's own endpoints), then either:
 
 * answers it here, without a ``RequestHandler``: a bodiless GET/HEAD that
   the pipeline can decide at once (a public route, a bearer token verified
-  moments ago, or a refusal such as 400/404/405), proxied or refused through
-  a ``ConnectionSink``; building a handler (default headers, ``_execute``,
+  moments ago, or a refusal such as 400/404/405), or one with a bearer token
+  to verify first (awaited here), proxied or refused through a
+  ``ConnectionSink``; building a handler (default headers, ``_execute``,
   ETag logic) costs more than the proxying itself for those;
 * or hands it, with the pipeline's route already decided, to the handler
-  that needs the full machinery: ``ProxyHandler`` (bodies, sessions, login
-  redirects), ``WebSocketRelay`` (upgrades) or an ``/oauth2`` endpoint.
+  that needs the full machinery: ``ProxyHandler`` (bodies, cookies: sessions and
+  login redirects), ``WebSocketRelay`` (upgrades) or an ``/oauth2`` endpoint.
 
 Either way the answers come from ``pages.render`` and the log line from
 ``pipeline.record``: one implementation of each.
