@@ -158,10 +158,11 @@ class FastDelegate(httputil.HTTPMessageDelegate):
 
     # -- answered here ------------------------------------------------------------
 
-    def _refuse(self, acc: Accepted, runtime: "Runtime", answer: Answer) -> None:
+    def _refuse(self, acc: Accepted, runtime: "Runtime", answer: Answer, begun: bool = False) -> None:
         self.acc = acc
         self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
-        self._begin()
+        if not begun:
+            self._begin()
         self._answer(answer, runtime)
         self._done(answer.status)
 
@@ -194,9 +195,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             return  # cut by shutdown meanwhile
         if isinstance(outcome, Admitted):
             return self._proxy(acc, runtime, outcome, begun=True)
-        self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
-        self._answer(outcome, runtime)  # type: ignore[arg-type]
-        self._done(outcome.status)  # type: ignore[union-attr]
+        self._refuse(acc, runtime, outcome, begun=True)  # type: ignore[arg-type]
 
     def _proxy(self, acc: Accepted, runtime: "Runtime", admitted: Admitted, begun: bool = False) -> None:
         self.acc = acc

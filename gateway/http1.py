@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import socket
 import ssl
@@ -43,14 +42,11 @@ from tornado.iostream import StreamClosedError
 
 from .http1_stream import QUEUED_LIMIT, TransportStream, _Unsent  # noqa: F401
 
-# HTTPHeaders keeps each name's lines in _as_list and the joined values in _combined_cache (Tornado 6.5+).
-_DIRECT_HEADERS = all(hasattr(httputil.HTTPHeaders(), slot) for slot in ("_as_list", "_combined_cache"))
-
-
-@functools.lru_cache(1000)
-def _header_case(name: str) -> str:
-    """Http-Header-Case, as HTTPHeaders spells the names it looks up."""
-    return "-".join([word.capitalize() for word in name.split("-")])
+# HTTPHeaders keeps each name's lines in _as_list and the joined values in _combined_cache (Tornado 6.5+),
+# under the names its own (cached) _normalize_header spells: filled directly, with that same function.
+_DIRECT_HEADERS = (all(hasattr(httputil.HTTPHeaders(), slot) for slot in ("_as_list", "_combined_cache"))
+                   and callable(getattr(httputil, "_normalize_header", None)))
+_header_case = getattr(httputil, "_normalize_header", str)
 
 log = logging.getLogger("gateway")
 app_log = logging.getLogger("tornado.application")
