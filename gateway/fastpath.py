@@ -217,7 +217,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
 
     def _begin(self) -> None:
         self.running = True
-        self.gateway.metrics.in_flight.inc()
+        self.gateway.metrics.request_started()
         self.gateway.active.add(self)
 
     async def _run(self) -> None:
@@ -254,7 +254,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             return
         self.running = False
         self.gateway.active.discard(self)
-        self.gateway.metrics.in_flight.dec()
+        self.gateway.metrics.request_ended()
         pipeline.record(self.gateway, self.acc.scope, status, self.nbytes)
 
     def cut_for_shutdown(self) -> None:

@@ -118,7 +118,7 @@ class ProxyHandler(GatewayHandler):
     _body_limit = 0
 
     async def prepare(self) -> None:
-        self.gateway.metrics.in_flight.inc()
+        self.gateway.metrics.request_started()
         self._counted = True
         self.gateway.active.add(self)
         outcome = await pipeline.admit(self.accepted, self.runtime, found=self.found)
@@ -201,7 +201,7 @@ class ProxyHandler(GatewayHandler):
         self.gateway.active.discard(self)
         if self._counted:
             self._counted = False
-            self.gateway.metrics.in_flight.dec()
+            self.gateway.metrics.request_ended()
 
     def on_finish(self) -> None:
         self._uncount()

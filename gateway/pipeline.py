@@ -509,7 +509,7 @@ def upstream_failed(gateway: "Gateway", scope: RequestScope, exc: UpstreamError,
                     started: bool) -> Optional[Refusal]:
     """The one handling of a failed exchange: the answer while nothing was sent, else None (cut it)."""
     scope.upstream = upstream
-    gateway.metrics.upstream_errors.labels(scope.route or "-", exc.kind).inc()
+    gateway.metrics.count_upstream_error(scope.route or "-", exc.kind)
     log.warning("upstream %s for route %s: %s (%s)", exc.kind, scope.route, upstream, exc.detail)
     if not started:
         return Refusal(exc.status, f"upstream {exc.kind}")
@@ -521,6 +521,6 @@ def record(gateway: "Gateway", scope: RequestScope, status: int, nbytes: int) ->
     """The access-log line and the metrics, once per request."""
     duration = time.monotonic() - scope.start
     if scope.failure is not None:
-        gateway.metrics.auth_failures.labels(scope.route or "-", scope.failure).inc()
+        gateway.metrics.count_auth_failure(scope.route or "-", scope.failure)
     gateway.metrics.observe(scope, status, duration)
     gateway.access_log.write(scope, status, nbytes, duration)

@@ -110,7 +110,7 @@ class Gateway:
         # so a slow provider never queues behind proxied requests.
         self.http = http_client or SimpleAsyncHTTPClient(force_instance=True, max_clients=64)
         self.clients = clients or Clients()
-        self.metrics = Metrics()
+        self.metrics = Metrics.for_process()
         self.access_log = access_log or AccessLog(log_stream)
         # Ended sessions outlive a reload; they close the WebSockets of sessions they name, wherever they end.
         self.revocations = Revocations()

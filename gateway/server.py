@@ -281,11 +281,11 @@ class Server:
         try:
             config = _override_listen(load(self.path), None, None)
         except ConfigError as exc:
-            gateway.metrics.reloads.labels("error").inc()
+            gateway.metrics.count_reload("error")
             log.error("config reload (%s) failed; keeping the running config:\n  %s", why, "\n  ".join(exc.errors))
             return
         except Exception as exc:  # never let a reload take the process down
-            gateway.metrics.reloads.labels("error").inc()
+            gateway.metrics.count_reload("error")
             log.error("config reload (%s) failed; keeping the running config: %s", why, exc)
             return
         new_server = config.server
@@ -311,7 +311,7 @@ class Server:
         old, gateway.runtime = gateway.runtime, runtime
         self.config = config
         self._stat = _stamps(self.path, config)  # the watcher must not load these same files again
-        gateway.metrics.reloads.labels("ok").inc()
+        gateway.metrics.count_reload("ok")
         log.info("config reloaded (%s): %d routes", why, len(config.routes))
         asyncio.get_running_loop().call_later(
             self.config.server.shutdown_grace, lambda: asyncio.ensure_future(old.close())

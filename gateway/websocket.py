@@ -78,7 +78,7 @@ class WebSocketRelay(GatewayHandler, websocket.WebSocketHandler):
             )
         except Exception as exc:  # refused, reset, timeout, or the upstream declined the upgrade
             kind = "timeout" if "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower() else "connect"
-            self.gateway.metrics.upstream_errors.labels(route.name, kind).inc()
+            self.gateway.metrics.count_upstream_error(route.name, kind)
             log.warning("websocket upstream %s for route %s: %s", base, route.name, exc)
             return self.answer(Refusal(504 if kind == "timeout" else 502, f"websocket upstream {kind}"))
         await super().get(*args, **kwargs)
