@@ -12,7 +12,10 @@ else is an ``AuthError`` whose ``description`` may be shown to the client
 The verification order is fixed, cheapest and most telling first: size,
 header syntax, ``alg: none``, the issuer named by the (still unverified)
 ``iss`` claim, that issuer's algorithm allowlist, the key, the signature
-(PyJWT), then ``exp``/``nbf``/``iat`` against the injected clock.
+(PyJWT's algorithm objects with keys prepared once; jwt.decode itself only
+for tokens using the ``crit``/``b64`` extensions), the claims jwt.decode
+would check (``iss``, ``aud``, ``sub``, ``jti``), then ``exp``/``nbf``/``iat``
+against the injected clock.
 
 Keys come only from configuration: an HMAC ``secret``, a PEM ``public_key``,
 a ``jwks_uri``, or the ``jwks_uri`` of the issuer's discovery document. The
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import re
@@ -45,7 +47,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import exceptions as jwt_errors
-from jwt.utils import base64url_decode
 from tornado.httpclient import AsyncHTTPClient
 
 from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
@@ -78,23 +79,41 @@ def _segment(segment: bytes) -> bytes:
     return decoded
 
 
-def unverified_header(raw: str) -> Dict[str, Any]:
-    """The JOSE header, refusing what ``jwt.get_unverified_header`` refuses, at a fraction of its cost
-    (it is on every cache miss; jwt.decode checks the same again with the signature)."""
-    header_segment, payload_segment, signature_segment = raw.encode("utf-8").split(b".")
+def split_compact(raw: str) -> Tuple[Dict[str, Any], bytes, bytes, bytes]:
+    """A compact JWS as (header, payload, signing input, signature), decoded and checked once.
+
+    Refuses (``ValueError``) what ``jwt.get_unverified_header`` refuses, at a fraction of its cost:
+    it is on every cache miss, and the signature check reuses what it decoded.
+    """
+    encoded = raw.encode("utf-8")
+    header_segment, payload_segment, signature_segment = encoded.split(b".")
     header = json.loads(_segment(header_segment))
     if not isinstance(header, dict):
         raise ValueError("header is not an object")
     if header.get("b64", True) is not False:
-        _segment(payload_segment)
+        payload = _segment(payload_segment)
     elif payload_segment:
         raise ValueError("a detached payload's segment must be empty")
-    _segment(signature_segment)
+    else:
+        payload = b""
+    signature = _segment(signature_segment)
     if "kid" in header and not isinstance(header["kid"], str):
         raise ValueError("kid is not a string")
     if "crit" in header:
-        return jwt.get_unverified_header(raw)  # rare: PyJWT's own checks of the critical extensions
-    return header
+        jwt.get_unverified_header(raw)  # rare: PyJWT's own checks of the critical extensions
+    return header, payload, encoded[: len(header_segment) + 1 + len(payload_segment)], signature
+
+
+def unverified_header(raw: str) -> Dict[str, Any]:
+    """The JOSE header, refusing what ``jwt.get_unverified_header`` refuses."""
+    return split_compact(raw)[0]
+
+
+# One algorithm object per name: the signature check of a cache miss calls its verify() with a
+# key prepared once, instead of jwt.decode's per-call lookups, option merging and warnings.
+_ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}
+
+
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "secp256k1"}
 
 
@@ -151,7 +170,7 @@ def _alg_fits_public_key(alg: str, key: Any) -> bool:
 class _Issuer:
     """One configured issuer, with everything verification needs precomputed."""
 
-    __slots__ = ("config", "name", "algorithms", "audience", "static_key", "jwks", "options")
+    __slots__ = ("config", "name", "algorithms", "audience", "static_key", "jwks", "options", "prepared")
 
     def __init__(self, config: TokenIssuerConfig):
         self.config = config
@@ -178,7 +197,15 @@ class _Issuer:
             "verify_nbf": False,
             "verify_iat": False,
         }
-
+        # alg -> (algorithm, the static key prepared for it, or None when it cannot verify that alg)
+        self.prepared: Dict[str, Tuple[Any, Any]] = {}
+        if self.static_key is not None:
+            for alg in self.algorithms:
+                algorithm = _ALGORITHMS[alg]
+                try:
+                    self.prepared[alg] = (algorithm, algorithm.prepare_key(self.static_key))
+                except jwt_errors.InvalidKeyError:
+                    self.prepared[alg] = (algorithm, None)
 
 
 
@@ -386,7 +413,7 @@ class TokenVerifier:
         if not isinstance(raw, str):
             raise _error("malformed token", "malformed")
         try:
-            header = unverified_header(raw)
+            header, payload_bytes, signing_input, signature = split_compact(raw)
         except Exception:
             raise _error("malformed token", "malformed") from None
         alg = header.get("alg")
@@ -394,7 +421,7 @@ class TokenVerifier:
             raise _error("malformed token", "malformed")
         if alg.lower() == "none":
             raise _error("algorithm not allowed", "bad_algorithm")
-        unverified = self._unverified_claims(raw)
+        unverified = self._unverified_claims(payload_bytes)
         iss = unverified.get("iss")
         if not isinstance(iss, str) or not iss:
             raise _error("token has no iss", "malformed")
@@ -422,7 +449,12 @@ class TokenVerifier:
             key: Any = await issuer.jwks.get_key(kid, alg)
         else:
             key = issuer.static_key
-        payload = self._decode(raw, key, alg, issuer)
+        if "crit" in header or "b64" in header:
+            payload = self._decode(raw, key, alg, issuer)  # JWS extensions: PyJWT's rules for them
+        else:
+            _check_signature(signing_input, signature, key, alg, issuer)
+            payload = unverified  # now verified: it is the signed payload
+            _check_claims(payload, issuer)
 
         now = self._clock()
         leeway = issuer.config.leeway
@@ -452,18 +484,15 @@ class TokenVerifier:
         return identity
 
     @staticmethod
-    def _unverified_claims(raw: str) -> Dict[str, Any]:
+    def _unverified_claims(payload: bytes) -> Dict[str, Any]:
         """The payload, before any check: used only to pick the issuer."""
-        parts = raw.split(".")
-        if len(parts) != 3:
-            raise _error("malformed token", "malformed")
         try:
-            payload = json.loads(base64url_decode(parts[1]))
-        except (ValueError, TypeError, binascii.Error, RecursionError):
+            claims_ = json.loads(payload)
+        except (ValueError, TypeError, RecursionError):
             raise _error("malformed token", "malformed") from None
-        if not isinstance(payload, dict):
+        if not isinstance(claims_, dict):
             raise _error("malformed token", "malformed")
-        return payload
+        return claims_
 
     @staticmethod
     def _decode(raw: str, key: Any, alg: str, issuer: _Issuer) -> Dict[str, Any]:
@@ -499,6 +528,50 @@ class TokenVerifier:
     @staticmethod
     def _identity(payload: Dict[str, Any], issuer: _Issuer) -> Identity:
         return identity_from_claims(payload, issuer.config)
+
+
+def _check_signature(signing_input: bytes, signature: bytes, key: Any, alg: str, issuer: _Issuer) -> None:
+    """The signature over ``signing_input``, with a key prepared beforehand (a PyJWK, or the issuer's own)."""
+    if isinstance(key, jwt.PyJWK):
+        if alg != key.algorithm_name:  # a key is bound to one algorithm: the token cannot pick another
+            raise _error("algorithm not allowed", "bad_algorithm")
+        algorithm, prepared = key.Algorithm, key.key
+    else:
+        algorithm, prepared = issuer.prepared[alg]
+        if prepared is None:
+            log.warning("issuer %r: its key cannot verify %s tokens", issuer.name, alg)
+            raise _error("invalid signature", "bad_key")
+    try:
+        valid = algorithm.verify(signing_input, prepared, signature)
+    except Exception:
+        raise _error("malformed token", "malformed") from None
+    if not valid:
+        raise _error("invalid signature", "bad_signature")
+
+
+def _check_claims(payload: Dict[str, Any], issuer: _Issuer) -> None:
+    """The claim checks jwt.decode makes with the issuer's options, in its order, in one pass.
+
+    exp, nbf and iat are the caller's (against the injected clock).
+    """
+    for name in issuer.options["require"]:
+        if payload.get(name) is None:
+            if name == "aud":
+                raise _error("invalid audience", "bad_audience")
+            raise _error(f"token has no {name}", "malformed")
+    if payload["iss"] != issuer.name:
+        raise _error("unknown issuer", "unknown_issuer")
+    if issuer.audience is not None:
+        audiences = payload["aud"]
+        if isinstance(audiences, str):
+            audiences = [audiences]
+        if not audiences or not isinstance(audiences, list) or any(not isinstance(a, str) for a in audiences) \
+                or all(a not in audiences for a in issuer.audience):
+            raise _error("invalid audience", "bad_audience")
+    if "sub" in payload and not isinstance(payload["sub"], str):
+        raise _error("token has no sub", "malformed")
+    if "jti" in payload and not isinstance(payload["jti"], str):
+        raise _error("malformed token", "malformed")
 
 
 def _typ_is(found: Any, wanted: str) -> bool:

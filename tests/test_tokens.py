@@ -645,3 +645,77 @@ def test_unverified_header_on_odd_headers(header, payload):
     segment = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
     raw = f"{segment}.{payload}.c2ln"
     assert _header_verdict(unverified_header, raw) == _header_verdict(jwt.get_unverified_header, raw)
+
+
+# -- a cache miss checks the signature and the claims itself: the same verdicts as jwt.decode --
+
+from cryptography.hazmat.primitives import serialization as _serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec as _ec, rsa as _rsa  # noqa: E402
+
+from gateway import tokens as _tokens  # noqa: E402
+
+_RSA = _rsa.generate_private_key(public_exponent=65537, key_size=2048)
+_EC = _ec.generate_private_key(_ec.SECP256R1())
+_OTHER_RSA = _rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem(private) -> str:
+    return private.public_key().public_bytes(_serialization.Encoding.PEM,
+                                             _serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+_SIGNERS = {  # alg -> (signing key, the issuer's config, the verification key as the verifier holds it)
+    "RS256": (_RSA, dict(public_key=_pem(_RSA)), None),
+    "PS256": (_RSA, dict(public_key=_pem(_RSA)), None),
+    "ES256": (_EC, dict(public_key=_pem(_EC)), None),
+    "HS256": ("s" * 32, dict(secret="s" * 32), None),
+    "RS256-jwk": (_RSA, dict(jwks_uri="http://127.0.0.1:1/jwks"),
+                  jwt.PyJWK(json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_RSA.public_key())), algorithm="RS256")),
+    "RS256-jwk-other": (_OTHER_RSA, dict(jwks_uri="http://127.0.0.1:1/jwks"),
+                        jwt.PyJWK(json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_RSA.public_key())),
+                                  algorithm="RS256")),
+    "PS256-jwk-for-RS256": (_RSA, dict(jwks_uri="http://127.0.0.1:1/jwks"),
+                            jwt.PyJWK(json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(_RSA.public_key())),
+                                      algorithm="RS256")),
+}
+
+_CLAIM_VALUES = st.one_of(st.none(), st.integers(-5, 2**40), st.text(max_size=4), st.sampled_from(["iss-a", "api", "x"]),
+                          st.lists(st.sampled_from(["api", "web", 3, ""]), max_size=3), st.booleans())
+_CLAIMS = st.dictionaries(st.sampled_from(["iss", "aud", "sub", "exp", "jti", "nbf", "iat", "email"]), _CLAIM_VALUES)
+
+
+def _verdict(check):
+    try:
+        return ("ok", check())
+    except AuthError as exc:
+        return ("refused", exc.reason, exc.description)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(_SIGNERS)), _CLAIMS, st.sampled_from([None, ("api",), ("api", "web")]),
+       st.sampled_from(["none", "none", "none", "flip", "truncate", "empty"]))
+def test_own_signature_and_claim_checks_agree_with_jwt_decode(signer, claims_, audience, tamper):
+    signing_key, key_source, held = _SIGNERS[signer]
+    alg = signer.split("-")[0]
+    claims_ = {"iss": "iss-a", "exp": NOW + 60, **claims_}
+    config = TokenIssuerConfig(issuer="iss-a", algorithms=(alg,), audience=audience, **key_source)
+    issuer = _tokens._Issuer(config)
+    raw = jwt.PyJWS().encode(json.dumps(claims_).encode(), signing_key, algorithm=alg)  # any claim values
+    head, body, signature = raw.split(".")
+    if tamper == "flip":
+        signature = ("A" if signature[0] != "A" else "B") + signature[1:]
+    elif tamper == "truncate":
+        signature = b64(base64.urlsafe_b64decode(signature + "==")[:-3])
+    elif tamper == "empty":
+        signature = ""
+    raw = f"{head}.{body}.{signature}"
+    key = held if held is not None else issuer.static_key
+    _, payload, signing_input, sig = _tokens.split_compact(raw)
+
+    def ours():
+        _tokens._check_signature(signing_input, sig, key, alg, issuer)
+        checked = json.loads(payload)
+        _tokens._check_claims(checked, issuer)
+        return checked
+
+    assert _verdict(ours) == _verdict(lambda: TokenVerifier._decode(raw, key, alg, issuer))
