@@ -1401,3 +1401,48 @@ def test_hostile_yaml_is_a_config_error(text):
 def test_billion_laughs_of_merges_is_cheap():
     cfg = loads(LAUGHS, env=ENV)  # 9**14 merge paths, each mapping merged once
     assert cfg.routes[0].timeout == 1.0
+
+
+# -- libyaml composes when it is there; PyYAML's parser decides everything else --
+
+
+def _tree(node, ancestors=()):
+    """A node tree as plain data: tag, value, whether plain, and the line, which error messages cite."""
+    if node is None:
+        return None
+    if id(node) in ancestors:  # an alias of an enclosing node
+        return ("cycle", node.tag)
+    line, inner = node.start_mark.line, ancestors + (id(node),)
+    if isinstance(node, yaml.ScalarNode):
+        return (node.tag, node.value, not node.style, line)
+    if isinstance(node, yaml.SequenceNode):
+        return (node.tag, [_tree(item, inner) for item in node.value], line)
+    return (node.tag, [(_tree(k, inner), _tree(v, inner)) for k, v in node.value], line)
+
+
+def _pure(text):
+    try:
+        return ("ok", _tree(yaml.compose(text, Loader=yaml.SafeLoader)))
+    except yaml.YAMLError:
+        return ("refused",)
+
+
+_YAML_PIECES = st.sampled_from(["routes:", "\n", "  ", "- ", "name: a", "path: /x/", "a: b", "'q'", '"d\\n"', "[1, 2]",
+                                "{a: 1}", "&x ", "*x", "<<: *x", "!!str ", "? k", ": v", "#c", "---", "...", "|\n  t",
+                                ">-\n  t", "\t", "${X:-2}", "null", "~", "yes", "0x1F", "1e3", "%YAML 1.1\n", "\ufeff",
+                                "\x85", "é", "\x07", "|", ">", "!", "%", "&", "*", "{", "}", "[", "]", ",", ":", " ",
+                                "\n  - ", "\n    ", "x"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_YAML_PIECES, max_size=20).map("".join), st.booleans())
+def test_compose_gives_the_tree_or_the_refusal_pure_pyyaml_gives(text, newline):
+    text += "\n" if newline else ""
+    from gateway.config.source import compose
+
+    want = _pure(text)
+    try:
+        got = ("ok", _tree(compose("routes.yaml", text)))
+    except ConfigError:
+        got = ("refused",)
+    assert got == want, text
