@@ -67,14 +67,14 @@ class OneShotUpstream:
             head = self._read_head(conn)
             if head is None:
                 return
+            with self.lock:  # counted before the answer leaves: the test may read it as soon as the client has it
+                self.answered += 1
             if head.startswith(b"HEAD "):  # a HEAD answer announcing a body is never reused: announce none
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n")
             else:
                 body = b"pong %d" % self.connections
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s"
                              % (len(body), body))
-            with self.lock:
-                self.answered += 1
             if self._read_head(conn) is not None:  # the next request on this connection: dropped unanswered
                 with self.lock:
                     self.dropped += 1
