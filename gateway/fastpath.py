@@ -40,9 +40,33 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Gateway, Runtime
 
 
-def head_of(request: httputil.HTTPServerRequest) -> RequestHead:
-    return RequestHead(request.method or "GET", request.host, request.path, request.query, request.headers,
-                       peer=request.remote_ip or "", protocol=request.protocol, uri=request.uri)
+# What HTTPServerRequest checks as it is built (Tornado 6.5+); without these names it is built for every request.
+_HOST_ABNF = getattr(getattr(httputil, "_ABNF", None), "host", None)
+_CHECKS_LIKE_TORNADO = _HOST_ABNF is not None and hasattr(httputil, "_DEFAULT_PARSE_BODY_CONFIG")
+
+
+def head_from(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders, connection: Any) -> RequestHead:
+    """The pipeline's view of a request, refusing (``HTTPInputError``, a 400) what building an
+    ``HTTPServerRequest`` refuses, without building one: a request answered here never needs it
+    (its query arguments alone are parsed and deep-copied)."""
+    method, uri, version = start_line
+    if not _CHECKS_LIKE_TORNADO:  # pragma: no cover - a Tornado laid out otherwise
+        request = httputil.HTTPServerRequest(connection=connection, start_line=start_line, headers=headers)
+        return RequestHead(request.method or "GET", request.host, request.path, request.query, request.headers,
+                           peer=request.remote_ip or "", protocol=request.protocol, uri=request.uri)
+    host = headers.get("Host")
+    if host is None:
+        if version != "HTTP/1.0":
+            raise httputil.HTTPInputError("Missing Host header")
+        host = "127.0.0.1"  # HTTP/1.0 needs none
+    if not _HOST_ABNF.fullmatch(host) or "," in host:
+        raise httputil.HTTPInputError("Invalid Host header")
+    path, _, query = uri.partition("?")
+    if query and query.count("&") >= httputil._DEFAULT_PARSE_BODY_CONFIG.urlencoded.max_arguments:
+        raise httputil.HTTPInputError("Invalid query string: too many fields")
+    context = getattr(connection, "context", None)
+    return RequestHead(method or "GET", host, path, query, headers, peer=getattr(context, "remote_ip", None) or "",
+                       protocol=getattr(context, "protocol", "http"), uri=uri)
 
 
 class HeadWatch:
@@ -118,14 +142,11 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     ) -> Any:
         assert isinstance(start_line, httputil.RequestStartLine)
         self.head_watch.discard(self)
-        request = httputil.HTTPServerRequest(
-            connection=self.connection, server_connection=self.server_conn, start_line=start_line, headers=headers,
-        )
-        self.request = request
+        head = self.head = head_from(start_line, headers, self.connection)
         runtime = self.gateway.runtime
-        acc = pipeline.accept(head_of(request), runtime)
+        acc = pipeline.accept(head, runtime)
         found = pipeline.route(acc, runtime)
-        fast = (request.method in pipeline.BODILESS and "Content-Length" not in headers
+        fast = (head.method in pipeline.BODILESS and "Content-Length" not in headers
                 and "Transfer-Encoding" not in headers and "Upgrade" not in headers)
         if fast and not isinstance(found, OwnEndpoint):
             outcome = pipeline.admit_now(acc, runtime, found) if isinstance(found, Match) else found
@@ -147,10 +168,12 @@ class FastDelegate(httputil.HTTPMessageDelegate):
                 return None
         if "Content-Length" in headers or "Transfer-Encoding" in headers:
             self._watch_body(runtime.config.server.body_timeout)
-        return self._hand_over(request, start_line, headers, acc, found)
+        return self._hand_over(start_line, headers, acc, found)
 
-    def _hand_over(self, request: httputil.HTTPServerRequest, start_line: Any, headers: Any, acc: Accepted,
-                   found: Any) -> Any:
+    def _hand_over(self, start_line: Any, headers: Any, acc: Accepted, found: Any) -> Any:
+        request = httputil.HTTPServerRequest(
+            connection=self.connection, server_connection=self.server_conn, start_line=start_line, headers=headers,
+        )
         handler = self.app.handler_for(found, headers.get("Upgrade", "").lower() == "websocket")
         kwargs = {"gateway": self.gateway, "accepted": acc, "found": found, "entry": self}
         self.fallback = self.app.get_handler_delegate(request, handler, kwargs)
@@ -160,7 +183,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
 
     def _refuse(self, acc: Accepted, runtime: "Runtime", answer: Answer, begun: bool = False) -> None:
         self.acc = acc
-        self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
+        self.sink = ConnectionSink(self.connection, acc.request_id, self.head.method)
         if not begun:
             self._begin()
         self._answer(answer, runtime)
@@ -169,7 +192,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     def _answer(self, answer: Answer, runtime: "Runtime") -> None:
         if getattr(answer, "reason", ""):
             self.acc.scope.reason = answer.reason  # type: ignore[union-attr]
-        rendered = render(answer, browser=is_browser(self.request.headers), request_id=self.acc.request_id,
+        rendered = render(answer, browser=is_browser(self.head.headers), request_id=self.acc.request_id,
                           secure=runtime.secure_cookies, domain=runtime.cookie_domain,
                           added=runtime.added_headers)
         sink = self.sink
@@ -200,7 +223,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     def _proxy(self, acc: Accepted, runtime: "Runtime", admitted: Admitted, begun: bool = False) -> None:
         self.acc = acc
         self.runtime = runtime
-        self.sink = ConnectionSink(self.connection, acc.request_id, self.request.method or "GET")
+        self.sink = ConnectionSink(self.connection, acc.request_id, self.head.method)
         self.exchange = pipeline.exchange_for(admitted, self.sink, self.gateway.clients, runtime)
         if not begun:
             self._begin()

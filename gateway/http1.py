@@ -214,30 +214,42 @@ class Message(httputil.HTTPConnection):
 
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
                       chunk: Optional[bytes] = None) -> "asyncio.Future[None]":
+        lines = list(headers.get_all())
+        text = "\n".join([f"{name}{value}" for name, value in lines])
+        if "\r" in text or text.count("\n") != len(lines) - 1:
+            raise ValueError("Illegal characters (CR or LF) in header")
+        return self.write_head_lines(start_line.code, start_line.reason, lines, chunk)
+
+    def write_head_lines(self, code: int, reason: str, headers: list[tuple[str, str]],
+                         chunk: Optional[bytes] = None) -> "asyncio.Future[None]":
+        """``write_headers`` for lines already checked and spelled as HTTPHeaders would hold them
+        (``sinks.checked_lines``): the fast path's answers, without an HTTPHeaders in between."""
+        self.code = code
         request = self.start_line
-        code = self.code = start_line.code
         version = request.version
         head = request.method == "HEAD"
+        lengths = [value for name, value in headers if name == "Content-Length"]
         self.chunking = (version == "HTTP/1.1" and not head and code not in (204, 304)
-                         and not (100 <= code < 200) and "Content-Length" not in headers)
+                         and not (100 <= code < 200) and not lengths)
+        connection = None
         if version == "HTTP/1.1":
             if self.disconnect_on_finish and code != 101:
-                headers["Connection"] = "close"
+                connection = "close"
         elif self.headers.get("Connection", "").lower() == "keep-alive":
-            headers["Connection"] = "Keep-Alive"
+            connection = "Keep-Alive"
+        if connection is not None:
+            headers = [line for line in headers if line[0] != "Connection"] + [("Connection", connection)]
         if self.chunking:
-            headers["Transfer-Encoding"] = "chunked"
+            headers = [line for line in headers if line[0] != "Transfer-Encoding"] + [("Transfer-Encoding", "chunked")]
         if head or code == 304:
             self.remaining = 0
-        elif "Content-Length" in headers:
-            self.remaining = int(headers["Content-Length"])
+        elif lengths:
+            self.remaining = int(",".join(lengths))  # several: refused, as HTTPHeaders' joined value is
         else:
             self.remaining = None
-        lines = [f"HTTP/1.1 {code} {start_line.reason}"]
-        lines.extend([f"{name}: {value}" for name, value in headers.get_all()])
-        text = "\r\n".join(lines)
-        if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
-            raise ValueError("Illegal characters (CR or LF) in header")
+        text = "\r\n".join([f"HTTP/1.1 {code} {reason}", *[f"{name}: {value}" for name, value in headers]])
+        if "\r" in reason or "\n" in reason:
+            raise ValueError("Illegal characters (CR or LF) in the status line")
         data = text.encode("latin1") + b"\r\n\r\n"
         if chunk:
             data += self._format(chunk)

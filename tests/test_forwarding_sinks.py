@@ -188,3 +188,40 @@ def test_pending_and_drained_measure_the_stream(make):
         assert sink.drained() is None
 
     asyncio.run(check())
+
+
+# -- the fast path's header lines: HTTPHeaders.add's verdicts and spelling, without an HTTPHeaders --
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tornado.httputil import HTTPInputError  # noqa: E402
+
+from gateway.forwarding.sinks import checked_lines  # noqa: E402
+
+_NAMES = st.one_of(st.sampled_from(["content-type", "X-Request-Id", "set-cookie", "ETAG", "x_y", "a b", "", "é",
+                                    "x:y", "WWW-authenticate"]), st.text(alphabet="aZ-_:!\t ", max_size=5))
+_VALUES = st.one_of(st.sampled_from(["", "text/html", " lead", "trail ", "a\tb", "a\r\nb", "\x00", "é", "ÿ", "Ā",
+                                     "\x7f", "a  b"]), st.text(alphabet="ab \t\r\n\x01é\u0100", max_size=5))
+
+
+def _tornado_lines(headers):
+    out = HTTPHeaders()
+    try:
+        for name, value in headers:
+            out.add(name, value)
+    except HTTPInputError:
+        return ("refused",)
+    return ("ok", sorted(out.get_all()))
+
+
+def _our_lines(headers):
+    try:
+        return ("ok", sorted(checked_lines(headers)))
+    except HTTPInputError:
+        return ("refused",)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=4))
+def test_checked_lines_refuse_and_spell_what_httpheaders_add_does(headers):
+    assert _our_lines(headers) == _tornado_lines(headers)

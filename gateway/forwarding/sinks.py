@@ -10,10 +10,39 @@ socket (``pending``), and a future for when it all is (``drained``).
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any, Optional, Protocol
 
 from tornado import httputil
 from tornado.concurrent import Future
+
+# HTTPHeaders.add's checks (RFC 9110 field-name and field-value, as Tornado spells them), made once per
+# name and once per head: a value is VCHAR/obs-text with inner spaces and tabs, and never a line break.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VCHAR = r"[\x21-\x7e\x80-\xff]"
+_VALUES = re.compile(rf"(?:(?:|{_VCHAR}|{_VCHAR}(?:{_VCHAR}| |\t)*{_VCHAR})\n)*")
+_spelled = getattr(httputil, "_normalize_header", str)
+
+
+@functools.lru_cache(maxsize=1024)
+def header_name(name: str) -> str:
+    """``name`` as Tornado spells it ("content-type" -> "Content-Type"); ``HTTPInputError`` for
+    what is not a token, as ``HTTPHeaders.add`` refuses it (a refusal is not cached)."""
+    if not _TOKEN.fullmatch(name):
+        raise httputil.HTTPInputError(f"Invalid header name {name!r}")
+    return _spelled(name)
+
+
+def checked_lines(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers with Tornado's spelling of their names, refusing (``HTTPInputError``) what
+    ``HTTPHeaders.add`` refuses: the fast path's answer needs no HTTPHeaders of its own."""
+    out = [(header_name(name), value) for name, value in headers]
+    joined = "".join([value + "\n" for _, value in headers])
+    if joined.count("\n") != len(headers) or not _VALUES.fullmatch(joined):  # a line break is refused either way
+        bad = next(value for _, value in headers if "\n" in value or not _VALUES.fullmatch(value + "\n"))
+        raise httputil.HTTPInputError(f"Invalid header value {bad!r}")
+    return out
 
 
 class ResponseSink(Protocol):
@@ -155,16 +184,16 @@ class ConnectionSink(_StreamSink):
         self._head = method == "HEAD"
         self.status = 200
         self.reason = "OK"
-        self._headers = httputil.HTTPHeaders()
+        self._lines: list[tuple[str, str]] = []
         self.headers_written = False
         self.finished = False
+        # the gateway's own connection takes the header lines as they are; Tornado's wants HTTPHeaders
+        self._write_lines = getattr(connection, "write_head_lines", None)
 
     def start(self, status: int, reason: str, headers: list[tuple[str, str]]) -> None:
         self.started = True
         self.status, self.reason = status, reason
-        out = self._headers = httputil.HTTPHeaders()
-        for name, value in headers:
-            out.add(name, value)
+        self._lines = checked_lines(headers)
 
     def write(self, chunk: bytes) -> None:
         if self.gone:
@@ -181,8 +210,13 @@ class ConnectionSink(_StreamSink):
             raise RuntimeError("response already finished")
         if not self.headers_written:
             self.headers_written = True
-            start = httputil.ResponseStartLine("HTTP/1.1", self.status, self.reason)
-            return self.connection.write_headers(start, self._headers, chunk)
+            if self._write_lines is not None:
+                return self._write_lines(self.status, self.reason, self._lines, chunk)
+            headers = httputil.HTTPHeaders()
+            for name, value in self._lines:
+                headers.add(name, value)
+            return self.connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", self.status, self.reason),
+                                                 headers, chunk)
         return self.connection.write(chunk)
 
     def finish(self) -> None:
