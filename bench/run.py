@@ -390,7 +390,7 @@ def write_keys(tmp: str):
 
 def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, public_pem: str,
                  workers: Optional[int] = None, name: str = "routes.yaml", engine: Optional[str] = None,
-                 tls_port: Optional[int] = None, tls_ca: str = "") -> str:
+                 tls_port: Optional[int] = None, tls_ca: str = "", cache_size: bool = True) -> str:
     """The benchmark's routes.yaml; ``workers`` adds ``server.workers: N`` (the --workers group),
     ``engine`` adds ``server.http_engine``."""
     pem = "\n".join("      " + line for line in public_pem.strip().splitlines())
@@ -404,6 +404,8 @@ def write_routes(tmp: str, gw_port: int, upstream_port: int, mem_port: int, publ
     tls_route = "" if tls_port is None else (
         f"  - name: tls\n    path: /tls\n    upstream: https://127.0.0.1:{tls_port}\n    auth: public\n"
         f"    tls: {{ca: {tls_ca}}}\n")
+    # tokens[].cache_size is newer than some --baseline checkouts: they get their fixed default instead
+    cache_line = f"    cache_size: {peers.TOKEN_CACHE_SIZE}\n" if cache_size else ""
     text = f"""\
 # Written by bench/run.py; removed with its temporary directory.
 server:
@@ -419,12 +421,10 @@ tokens:
     secret: {HS_SECRET}
     algorithms: [HS256]
     audience: any
-    cache_size: {peers.TOKEN_CACHE_SIZE}
-  - issuer: {RS_ISSUER}
+{cache_line}  - issuer: {RS_ISSUER}
     audience: {RS_AUDIENCE}
     algorithms: [RS256]
-    cache_size: {peers.TOKEN_CACHE_SIZE}
-    public_key: |
+{cache_line}    public_key: |
 {pem}
 
 routes:
@@ -457,23 +457,39 @@ routes:
     return path
 
 
-def check_gateway_config(routes: str) -> None:
+BASELINE = "before"  # the group of rows served by the --baseline checkout
+
+
+def checkout_name(path: str) -> str:
+    """The short commit of the checkout at ``path`` (or its directory name when it is no git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except OSError:
+        pass
+    return os.path.basename(os.path.abspath(path))
+
+
+def check_gateway_config(routes: str, repo: str = REPO) -> None:
     res = subprocess.run(
         [GATEWAY_PYTHON, "-m", "gateway", "check", "-c", routes],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=repo, capture_output=True, text=True, timeout=60,
     )
     if res.returncode != 0:
         raise RuntimeError(f"`gateway check` failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
 
 
 def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str, cpus: str = GATEWAY_CPU,
-                  workers: int = 1, **popen_kw):
-    """``taskset -c CPUS python -m gateway serve``; returns once ``workers`` processes logged "listening"."""
+                  workers: int = 1, repo: str = REPO, **popen_kw):
+    """``taskset -c CPUS python -m gateway serve`` (the gateway of the checkout ``repo``); returns once
+    ``workers`` processes logged "listening"."""
     logf = os.path.join(tmp, f"gateway-{tag}.log")
     proc = procs.start(
         ["taskset", "-c", cpus, GATEWAY_PYTHON, "-m", "gateway", "serve", "-c", routes,
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(logf, "w"), **popen_kw,
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=open(logf, "w"), **popen_kw,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -1135,6 +1151,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--engines", default="httptools,tornado",
                     help="comma-separated server.http_engine values, each a gateway of its own measured in this run; "
                          "the first one's rows are the ones checked against the targets (default httptools,tornado: the default engine first)")
+    ap.add_argument("--baseline", default="",
+                    help="a checkout of an earlier commit (e.g. made with git worktree add): its gateway, on its own "
+                         "default engine, is measured in the same run as rows '@before', for before/after figures")
     ap.add_argument("--only", default="",
                     help="comma-separated subset of: upstream,nginx,haproxy,apache,public,hs,rs,rs-fresh,hsa,tls,"
                          "memory,workers (no target checks except memory)")
@@ -1144,6 +1163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
+    if args.baseline and not os.path.isfile(os.path.join(args.baseline, "gateway", "__main__.py")):
+        ap.error(f"--baseline {args.baseline}: not a checkout of the gateway (no gateway/__main__.py)")
     if args.quick:
         args.duration = 5.0
         args.warmup = min(args.warmup, 1.0)
@@ -1206,7 +1227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         def gateway_targets(port: int, engine: str, first: bool) -> list:
             suffix = "" if first else f"@{engine}"
-            tag = f" [{engine}]"
+            tag = f" [{engine}]" if engine != BASELINE else f" [before: {baseline_name}]"
             return [
                 ("public" + suffix, "gateway /public" + tag, f"http://127.0.0.1:{port}/public", None),
                 ("hs" + suffix, "gateway /hs (HS256)" + tag, f"http://127.0.0.1:{port}/hs", tokens["hs"]),
@@ -1225,6 +1246,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         ] + [(row, label, f"http://127.0.0.1:{port}/", tokens["rs"]) for row, (label, port, _) in peer_procs.items()])]
         for i, engine in enumerate(engines):
             groups.append((engine, gateway_targets(gw_port if i == 0 else free_port(), engine, i == 0)))
+        baseline_name = ""
+        if args.baseline:
+            baseline_name = checkout_name(args.baseline)
+            results["settings"]["baseline"] = {"path": args.baseline, "commit": baseline_name}
+            groups.append((BASELINE, gateway_targets(free_port(), BASELINE, False)))
         order = []
         for engine, targets in groups:
             if engine is None:  # the peers in a fixed order, those that could not start too
@@ -1237,12 +1263,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             gw_log = None
             if engine is not None and targets:
                 port = int(targets[0][2].split(":")[2].split("/")[0])
+                before = engine == BASELINE
+                repo = args.baseline if before else REPO
                 eroutes = write_routes(tmp, port, upstream_port, mem_port, public_pem, name=f"routes-{engine}.yaml",
                                        tls_port=tls_port, tls_ca=tls_files["ca"],
-                                       engine=engine)
+                                       engine=None if before else engine, cache_size=not before)
                 try:
-                    check_gateway_config(eroutes)
-                    gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}")
+                    check_gateway_config(eroutes, repo)
+                    gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}", repo=repo)
                     log(f"gateway ({engine}) on :{port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
                     servers.update({t[0]: gateway for t in targets})
                 except Exception as exc:  # noqa: BLE001 - reported per row
