@@ -22,6 +22,7 @@ Either way the answers come from ``pages.render`` and the log line from
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -45,6 +46,11 @@ _HOST_ABNF = getattr(getattr(httputil, "_ABNF", None), "host", None)
 _CHECKS_LIKE_TORNADO = _HOST_ABNF is not None and hasattr(httputil, "_DEFAULT_PARSE_BODY_CONFIG")
 
 
+@functools.lru_cache(maxsize=1024)  # few distinct Host headers: each checked once
+def _tornado_host(host: str) -> bool:
+    return _HOST_ABNF.fullmatch(host) is not None and "," not in host
+
+
 def head_from(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders, connection: Any) -> RequestHead:
     """The pipeline's view of a request, refusing (``HTTPInputError``, a 400) what building an
     ``HTTPServerRequest`` refuses, without building one: a request answered here never needs it
@@ -59,7 +65,7 @@ def head_from(start_line: httputil.RequestStartLine, headers: httputil.HTTPHeade
         if version != "HTTP/1.0":
             raise httputil.HTTPInputError("Missing Host header")
         host = "127.0.0.1"  # HTTP/1.0 needs none
-    if not _HOST_ABNF.fullmatch(host) or "," in host:
+    if not _tornado_host(host):
         raise httputil.HTTPInputError("Invalid Host header")
     path, _, query = uri.partition("?")
     if query and query.count("&") >= httputil._DEFAULT_PARSE_BODY_CONFIG.urlencoded.max_arguments:

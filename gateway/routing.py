@@ -23,6 +23,7 @@ include the request method is skipped and the search goes on.
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def _canonical_segment(segment: str) -> str:
 # --- hosts --------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # a gateway sees few distinct Host headers; each is read once
 def normalize_host(host: str) -> str:
     """The host part of a Host header: port removed, lower-case, one trailing dot removed.
 
@@ -255,6 +257,7 @@ class _Bucket:
 _HOST_HEADER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)?)(?::[0-9]{1,5})?")
 
 
+@functools.lru_cache(maxsize=1024)
 def valid_host_header(host: str) -> bool:
     """A Host header the gateway can route on: a name (no empty label) or IP literal, at most one numeric port."""
     return _HOST_HEADER.fullmatch(host) is not None
