@@ -37,6 +37,8 @@ from .routing import Match
 
 log = logging.getLogger("gateway")
 
+CLIENT_CLOSED = 499  # the access log's status of a request whose client left before any answer (nginx's)
+
 if TYPE_CHECKING:  # pragma: no cover
     from .runtime import Gateway, Runtime
 
@@ -131,6 +133,7 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     handler: Any = None  # the RequestHandler a request was handed to (it registers itself)
     _body_timer: Optional[asyncio.TimerHandle] = None
     _body_seen_at = 0.0
+    client_gone = False  # the client closed the connection while its request was being proxied
     _deferred: Optional[tuple] = None  # a refusal decided at the head, answered at the message's end
 
     def __init__(self, app: Any, gateway: "Gateway", server_conn: object, request_conn: httputil.HTTPConnection):
@@ -261,6 +264,11 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         """The exchange is over (``error`` as ``Exchange.run`` raised it): finish the answer and record it."""
         exchange, sink, scope = self.exchange, self.sink, self.acc.scope
         assert exchange is not None
+        if self.client_gone and error is not None:
+            # Its upstream exchange was cut because the client left: not the upstream's failure
+            # (no warning, no gateway_upstream_errors), logged as nginx does, 499.
+            sink.close()
+            return self._done(sink.status if exchange.started else CLIENT_CLOSED)
         if isinstance(error, UpstreamError):
             answer = pipeline.upstream_failed(self.gateway, scope, error, exchange.upstream, exchange.started)
             if answer is not None and self.running:
@@ -352,5 +360,6 @@ class FastDelegate(httputil.HTTPMessageDelegate):
             self.fallback.on_connection_close()
             return
         if self.exchange is not None and self.running:
+            self.client_gone = True
             self.exchange.abort()
             self.acc.scope.reason = self.acc.scope.reason or "client closed the connection"

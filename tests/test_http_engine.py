@@ -15,7 +15,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 from tornado import httpserver, web, websocket
@@ -99,6 +99,10 @@ routes:
     auth: public
   - name: pub
     path: /pub
+    upstream: {upstream.url}
+    auth: public
+  - name: slow
+    path: /slow
     upstream: {upstream.url}
     auth: public
 """)
@@ -478,3 +482,75 @@ def test_tls_pipelining_and_a_websocket(tls_gw):
         return got
 
     assert asyncio.run(asyncio.wait_for(go(), 15)) == ["over", "tls" * 30_000]
+
+
+def test_a_client_that_leaves_mid_request_is_logged_499_not_as_an_upstream_failure(gw, upstream):
+    """The exchange is cut because the client left: no "upstream reset" warning, no
+    gateway_upstream_errors, and the access log says 499 (as nginx's does)."""
+    from tests.support.e2e import request
+
+    before = upstream.state["requests"]
+    with connect(gw) as sock:
+        sock.sendall(b"GET /slow/left?s=3 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: left-early\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while upstream.state["requests"] == before and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the upstream has the request
+        assert upstream.state["requests"] > before
+    entry = gw.wait_log(lambda e: e.get("request_id") == "left-early", timeout=8)
+    if gw.engine == "httptools":
+        assert entry["status"] == 499 and entry["reason"] == "client closed the connection", entry
+    else:  # Tornado's HTTP1Connection reads nothing while the answer is awaited: it sees no close, the answer
+        assert entry["status"] == 200, entry  # is written into the closed connection when it comes
+    assert not [line for line in gw.stderr_lines if "upstream" in line and "slow" in line], gw.stderr_lines[-5:]
+    metrics = request(gw.admin_url, "GET", "/metrics").body.decode()
+    assert not [line for line in metrics.splitlines()
+                if line.startswith("gateway_upstream_errors_total") and 'route="slow"' in line], metrics
+    with connect(gw) as sock:  # and the gateway serves on
+        sock.sendall(b"GET /pub/after HTTP/1.1\r\nHost: gw\r\n\r\n")
+        assert Reader(sock).response()[0] == 200
+
+
+def test_the_listener_waits_and_accepts_again_after_running_out_of_descriptors(monkeypatch):
+    """accept() failing with EMFILE: a warning, no accepting for ACCEPT_RETRY, then the queued client is taken."""
+    import errno
+
+    from gateway import http1
+
+    monkeypatch.setattr(http1, "ACCEPT_RETRY", 0.02)
+    real = socket.socket()
+    real.bind(("127.0.0.1", 0))
+    real.listen(8)
+
+    class OutOfDescriptorsOnce:
+        fails = 1
+
+        def accept(self):
+            if self.fails:
+                self.fails -= 1
+                raise OSError(errno.EMFILE, "Too many open files")
+            return real.accept()
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    async def scenario() -> tuple:
+        server = http1.EngineServer(object(), max_header_size=8192, timeouts=lambda: (60.0, 60.0))  # type: ignore[arg-type]
+        await server.add_sockets([OutOfDescriptorsOnce()])  # type: ignore[list-item]
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, real.getsockname())
+        for _ in range(200):
+            if server.connections:
+                break
+            await asyncio.sleep(0.01)
+        accepted = len(server.connections)
+        server.stop()
+        for proto in list(server.connections):
+            proto.close()
+        client.close()
+        return accepted, real.fileno()
+
+    accepted, fileno = asyncio.run(scenario())
+    assert accepted == 1
+    assert fileno == -1  # stop() closed the listening socket: new connections are refused

@@ -30,7 +30,7 @@ from .transport import Receiver, Request, UpstreamError
 
 MAX_HEAD = 64 * 1024
 _LINE_BREAKERS = re.compile(r"[\x00\r\n]")
-MAX_IDLE_PER_ORIGIN = 128
+MAX_IDLE_PER_ORIGIN = 1024
 IDLE_TIMEOUT = 30.0
 
 HeadCallback = Callable[[int, str, list], None]
@@ -481,6 +481,7 @@ class NativeTransport:
         def finished(fut: asyncio.Future) -> None:
             timer.cancel()
             self._conn = None
+            self._receiver = None  # the exchange holds this transport: no cycle for the collector
             self._head_flush_pending = False
             exc = UpstreamProtocolError("reset", "cancelled") if fut.cancelled() else fut.exception()
             if exc is None:
@@ -514,6 +515,7 @@ class NativeTransport:
         finally:
             timer.cancel()
             self._conn = None
+            self._receiver = None  # the exchange holds this transport: no cycle for the collector
             self._head_flush_pending = False  # the caller's finish sends whatever is left
         if self._timed_out:
             raise UpstreamError("timeout", f"no complete answer within {request.timeout:g}s")
