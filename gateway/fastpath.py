@@ -243,7 +243,10 @@ class FastDelegate(httputil.HTTPMessageDelegate):
     def _start(self) -> None:
         assert self.exchange is not None
         if not self.running:
-            return  # the client left, or shutdown cut it, before it began
+            return  # shutdown cut it before it began
+        if self.client_gone:  # the client left while its token was verified: nothing to send upstream
+            self.sink.close()
+            return self._done(CLIENT_CLOSED)
         if not self.exchange.start_now(self._settle):
             asyncio.ensure_future(self._run())
 
@@ -359,7 +362,8 @@ class FastDelegate(httputil.HTTPMessageDelegate):
         if self.fallback is not None:
             self.fallback.on_connection_close()
             return
-        if self.exchange is not None and self.running:
+        if self.running:  # proxied, or its token still being verified
             self.client_gone = True
-            self.exchange.abort()
             self.acc.scope.reason = self.acc.scope.reason or "client closed the connection"
+            if self.exchange is not None:
+                self.exchange.abort()
