@@ -40,6 +40,7 @@ import httptools
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
+from .http1_accept import Listener
 from .http1_stream import QUEUED_LIMIT, TransportStream, _Unsent  # noqa: F401
 
 # HTTPHeaders keeps each name's lines in _as_list and the joined values in _combined_cache (Tornado 6.5+),
@@ -647,12 +648,12 @@ class EngineServer:
         self.timeouts = timeouts  # () -> (idle_timeout, header_timeout), read at every sweep (reload)
         self.loop = asyncio.get_running_loop()
         self.connections: set[H1Protocol] = set()
-        self.servers: list[_Listener] = []
+        self.servers: list[Listener] = []
         self._timer: Optional[asyncio.TimerHandle] = None
 
     async def add_sockets(self, sockets: list[socket.socket]) -> None:
         for sock in sockets:
-            self.servers.append(_Listener(self, sock))
+            self.servers.append(Listener(self.loop, sock, lambda: H1Protocol(self), self.tls))
 
     def stop(self) -> None:
         """Stop accepting; idle keep-alive connections are closed, busy ones after their answer."""
@@ -679,66 +680,3 @@ class EngineServer:
             proto.check(now, idle, header)
         self._timer = self.loop.call_later(self._interval(), self._sweep) if self.connections else None
 
-
-ACCEPTS_PER_WAKEUP = 256
-ACCEPT_RETRY = 0.5  # seconds without accepting after the process ran out of file descriptors or memory
-
-
-class _Listener:
-    """Accepts on one listening socket from a reader callback of the loop's own, as Tornado's server does.
-
-    uvloop's ``create_server`` accepted too slowly under load here: with a thousand busy
-    connections, hundreds of new ones waited in the kernel's accept queue for seconds.
-    Each wakeup takes up to ``ACCEPTS_PER_WAKEUP`` connections; each becomes an
-    ``H1Protocol`` through ``connect_accepted_socket`` (which also does the TLS handshake).
-    """
-
-    def __init__(self, server: EngineServer, sock: socket.socket):
-        self.server = server
-        self.sock = sock
-        self.loop = server.loop
-        self._retry: Optional[asyncio.TimerHandle] = None
-        sock.setblocking(False)
-        self.loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKEUP):
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue  # the client gave up while it waited in the queue
-            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: wait before trying again
-                log.warning("cannot accept connections for now: %s", exc.strerror or exc)
-                self.loop.remove_reader(self.sock.fileno())
-                self._retry = self.loop.call_later(ACCEPT_RETRY, self._resume)
-                return
-            try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:  # the client already left
-                conn.close()
-                continue
-            task = asyncio.ensure_future(self.loop.connect_accepted_socket(
-                lambda: H1Protocol(self.server), conn, ssl=self.server.tls))
-            task.add_done_callback(_connected)
-
-    def _resume(self) -> None:
-        self._retry = None
-        if self.sock.fileno() != -1:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
-        if self.sock.fileno() != -1:
-            self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-
-
-def _connected(task: "asyncio.Future[Any]") -> None:
-    """A failed TLS handshake (or a client gone before it) is the client's business: a debug line."""
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("connection not set up: %s", task.exception())

@@ -514,9 +514,9 @@ def test_the_listener_waits_and_accepts_again_after_running_out_of_descriptors(m
     """accept() failing with EMFILE: a warning, no accepting for ACCEPT_RETRY, then the queued client is taken."""
     import errno
 
-    from gateway import http1
+    from gateway import http1, http1_accept
 
-    monkeypatch.setattr(http1, "ACCEPT_RETRY", 0.02)
+    monkeypatch.setattr(http1_accept, "ACCEPT_RETRY", 0.02)
     real = socket.socket()
     real.bind(("127.0.0.1", 0))
     real.listen(8)
