@@ -458,6 +458,7 @@ routes:
 
 
 BASELINE = "before"  # the group of rows served by the --baseline checkout
+OTHER_PYTHON = "also-python"  # the group of rows served by the --also-python interpreter
 
 
 def checkout_name(path: str) -> str:
@@ -472,9 +473,9 @@ def checkout_name(path: str) -> str:
     return os.path.basename(os.path.abspath(path))
 
 
-def check_gateway_config(routes: str, repo: str = REPO) -> None:
+def check_gateway_config(routes: str, repo: str = REPO, python: Optional[str] = None) -> None:
     res = subprocess.run(
-        [GATEWAY_PYTHON, "-m", "gateway", "check", "-c", routes],
+        [python or GATEWAY_PYTHON, "-m", "gateway", "check", "-c", routes],
         cwd=repo, capture_output=True, text=True, timeout=60,
     )
     if res.returncode != 0:
@@ -482,12 +483,12 @@ def check_gateway_config(routes: str, repo: str = REPO) -> None:
 
 
 def start_gateway(procs: Processes, tmp: str, routes: str, port: int, tag: str, cpus: str = GATEWAY_CPU,
-                  workers: int = 1, repo: str = REPO, **popen_kw):
+                  workers: int = 1, repo: str = REPO, python: Optional[str] = None, **popen_kw):
     """``taskset -c CPUS python -m gateway serve`` (the gateway of the checkout ``repo``); returns once
     ``workers`` processes logged "listening"."""
     logf = os.path.join(tmp, f"gateway-{tag}.log")
     proc = procs.start(
-        ["taskset", "-c", cpus, GATEWAY_PYTHON, "-m", "gateway", "serve", "-c", routes,
+        ["taskset", "-c", cpus, python or GATEWAY_PYTHON, "-m", "gateway", "serve", "-c", routes,
          "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
         cwd=repo, stdout=subprocess.DEVNULL, stderr=open(logf, "w"), **popen_kw,
     )
@@ -1160,11 +1161,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--python", default=sys.executable,
                     help="the Python that runs the gateway (default: this one); it needs the gateway's dependencies, "
                          "e.g. a venv made from it (see bench/README.md)")
+    ap.add_argument("--also-python", default="",
+                    help="another Python (e.g. a PGO/LTO build, or the plain one beside it): the gateway on the first "
+                         "engine is measured on it too, in the same run, as rows '@also-python'")
     ap.add_argument("--tool-wait", type=float, default=600.0, help="seconds to wait for a running apt-get to install wrk/nginx")
     ap.add_argument("--output", default=os.path.join(RESULTS_DIR, "latest.json"), help="where to write the JSON results")
     args = ap.parse_args(argv)
     if args.baseline and not os.path.isfile(os.path.join(args.baseline, "gateway", "__main__.py")):
         ap.error(f"--baseline {args.baseline}: not a checkout of the gateway (no gateway/__main__.py)")
+    if args.also_python and not os.access(args.also_python, os.X_OK):
+        ap.error(f"--also-python {args.also_python}: not an executable")
     if args.quick:
         args.duration = 5.0
         args.warmup = min(args.warmup, 1.0)
@@ -1177,6 +1183,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     skipped_peers = check_tools(args.tool_wait, tuple(wanted_peers))
     python_info = peers.python_build(GATEWAY_PYTHON)
     log(f"gateway Python: {peers.describe_build(python_info)}")
+    other_info = peers.python_build(args.also_python) if args.also_python else None
+    if other_info is not None:
+        log(f"gateway Python of the '@{OTHER_PYTHON}' rows: {peers.describe_build(other_info)}")
     if (os.cpu_count() or 1) < 2:
         log("WARNING: fewer than 2 CPUs; the CPU pinning below will fail")
 
@@ -1193,6 +1202,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "token_cache_size_per_issuer": peers.TOKEN_CACHE_SIZE},
         "gateway_python": python_info,
     }
+    if other_info is not None:
+        results["gateway_also_python"] = other_info
     rows: Dict[str, Dict[str, object]] = {}
     exit_code = 0
     try:
@@ -1225,9 +1236,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         engines = [e.strip() for e in args.engines.split(",") if e.strip()] or ["tornado"]
         results["settings"]["engines"] = engines
 
+        baseline_name = checkout_name(args.baseline) if args.baseline else ""
+        other_version = str(other_info.get("version", "?")).split()[0] if other_info is not None else ""
+
         def gateway_targets(port: int, engine: str, first: bool) -> list:
             suffix = "" if first else f"@{engine}"
-            tag = f" [{engine}]" if engine != BASELINE else f" [before: {baseline_name}]"
+            tag = {BASELINE: f" [before: {baseline_name}]",
+                   OTHER_PYTHON: f" [{engines[0]}, --also-python {other_version}]"}.get(engine, f" [{engine}]")
             return [
                 ("public" + suffix, "gateway /public" + tag, f"http://127.0.0.1:{port}/public", None),
                 ("hs" + suffix, "gateway /hs (HS256)" + tag, f"http://127.0.0.1:{port}/hs", tokens["hs"]),
@@ -1246,11 +1261,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         ] + [(row, label, f"http://127.0.0.1:{port}/", tokens["rs"]) for row, (label, port, _) in peer_procs.items()])]
         for i, engine in enumerate(engines):
             groups.append((engine, gateway_targets(gw_port if i == 0 else free_port(), engine, i == 0)))
-        baseline_name = ""
         if args.baseline:
-            baseline_name = checkout_name(args.baseline)
             results["settings"]["baseline"] = {"path": args.baseline, "commit": baseline_name}
             groups.append((BASELINE, gateway_targets(free_port(), BASELINE, False)))
+        if other_info is not None:
+            groups.append((OTHER_PYTHON, gateway_targets(free_port(), OTHER_PYTHON, False)))
         order = []
         for engine, targets in groups:
             if engine is None:  # the peers in a fixed order, those that could not start too
@@ -1265,12 +1280,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 port = int(targets[0][2].split(":")[2].split("/")[0])
                 before = engine == BASELINE
                 repo = args.baseline if before else REPO
+                python = args.also_python if engine == OTHER_PYTHON else GATEWAY_PYTHON
                 eroutes = write_routes(tmp, port, upstream_port, mem_port, public_pem, name=f"routes-{engine}.yaml",
                                        tls_port=tls_port, tls_ca=tls_files["ca"],
-                                       engine=None if before else engine, cache_size=not before)
+                                       engine=None if before else engines[0] if engine == OTHER_PYTHON else engine,
+                                       cache_size=not before)
                 try:
-                    check_gateway_config(eroutes, repo)
-                    gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}", repo=repo)
+                    check_gateway_config(eroutes, repo, python)
+                    gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}", repo=repo,
+                                                    python=python)
                     log(f"gateway ({engine}) on :{port} (CPU {GATEWAY_CPU}, pid {gateway.pid})")
                     servers.update({t[0]: gateway for t in targets})
                 except Exception as exc:  # noqa: BLE001 - reported per row
@@ -1324,7 +1342,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 r["p99_ratio_to_nginx"] = (r["p99_ms"] / rows["nginx"]["p99_ms"]) if r.get("p99_ms") and rows["nginx"].get("p99_ms") else None
         if table:
             print_table(table, nginx_rps)
-            print(f"gateway Python: {peers.describe_build(python_info)}\n")
+            print(f"gateway Python: {peers.describe_build(python_info)}")
+            if other_info is not None:
+                print(f"gateway Python of the '@{OTHER_PYTHON}' rows: {peers.describe_build(other_info)}")
+            print()
         results["throughput"] = {k: {kk: vv for kk, vv in rows[k].items() if kk != "raw"} for k in order if k in rows}
         results["wrk_output"] = {k: rows[k].get("raw") for k in order if k in rows}
 
