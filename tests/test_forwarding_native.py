@@ -298,3 +298,39 @@ def test_body_delimited_by_the_connection_closing(env, path, body):
     gw, upstream = env
     resp = request(gw.url, "GET", "/r" + path)
     assert (resp.status, resp.body) == (200, body)
+
+
+# -- the request head sent upstream -------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gateway.forwarding.native import UpstreamProtocolError, format_head  # noqa: E402
+
+_PIECE = st.lists(st.sampled_from([*"aZ09 -:;,=/%\t\r\n\x00\x7f\xe9", "\r\n", "\r\nX-Injected: 1"]),
+                  max_size=8).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(method=st.sampled_from(["GET", "POST"]), target=_PIECE,
+       headers=st.lists(st.tuples(_PIECE.filter(bool), _PIECE), max_size=5))
+def test_format_head_refuses_any_line_break_or_nul_and_keeps_every_line(method, target, headers):
+    """A CR, LF or NUL anywhere (a CRLF inside a value too, which would add a header line) is refused;
+    anything else is sent as exactly one line per header."""
+    pieces = [target] + [part for pair in headers for part in pair]
+    breaking = any(ch in piece for piece in pieces for ch in "\r\n\x00")
+    try:
+        head = format_head(method, target, headers)
+    except UpstreamProtocolError:
+        assert breaking
+        return
+    assert not breaking
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[-2:] == ["", ""]
+    assert lines[0] == f"{method} {target} HTTP/1.1"
+    assert lines[1:-2] == [f"{n}: {v}".encode("latin-1", "replace").decode("latin-1") for n, v in headers]
+
+
+def test_format_head_refuses_a_value_carrying_its_own_crlf():
+    with pytest.raises(UpstreamProtocolError):
+        format_head("GET", "/", [("X-A", "1\r\nX-Injected: yes")])
