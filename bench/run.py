@@ -1280,11 +1280,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 port = int(targets[0][2].split(":")[2].split("/")[0])
                 before = engine == BASELINE
                 repo = args.baseline if before else REPO
-                python = args.also_python if engine == OTHER_PYTHON else GATEWAY_PYTHON
+                # the --also-python rows: the first engine on the other interpreter; the before rows: its own default
+                python, served = ((args.also_python, engines[0]) if engine == OTHER_PYTHON
+                                  else (GATEWAY_PYTHON, None if before else engine))
                 eroutes = write_routes(tmp, port, upstream_port, mem_port, public_pem, name=f"routes-{engine}.yaml",
-                                       tls_port=tls_port, tls_ca=tls_files["ca"],
-                                       engine=None if before else engines[0] if engine == OTHER_PYTHON else engine,
-                                       cache_size=not before)
+                                       tls_port=tls_port, tls_ca=tls_files["ca"], engine=served, cache_size=not before)
                 try:
                     check_gateway_config(eroutes, repo, python)
                     gateway, gw_log = start_gateway(procs, tmp, eroutes, port, f"bench-{engine}", repo=repo,
