@@ -239,8 +239,8 @@ class Message(httputil.HTTPConnection):
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders,
                       chunk: Optional[bytes] = None) -> "asyncio.Future[None]":
         lines = list(headers.get_all())
-        text = "\n".join([f"{name}{value}" for name, value in lines])
-        if "\r" in text or text.count("\n") != len(lines) - 1:
+        text = "".join([f"{name}{value}" for name, value in lines])
+        if "\r" in text or "\n" in text:
             raise ValueError("Illegal characters (CR or LF) in header")
         return self.write_head_lines(start_line.code, start_line.reason, lines, chunk)
 

@@ -51,3 +51,35 @@ def test_head_from_refuses_and_reads_what_httpserverrequest_does(method, path, q
             headers.add("Host", host)
     start_line = httputil.RequestStartLine(method, uri, version)
     assert _ours(start_line, headers, connection) == _tornado(start_line, headers, connection)
+
+
+# -- the answer's head, written by a handler through Message.write_headers --------------------------
+
+import pytest  # noqa: E402
+
+from gateway.http1 import Message  # noqa: E402
+
+
+class _Lines:
+    def write_head_lines(self, code, reason, lines, chunk=None):
+        return (code, reason, lines, chunk)
+
+
+@pytest.mark.parametrize("headers, refused", [
+    ([], False),  # no header at all: nothing to refuse
+    ([("Content-Type", "text/plain")], False),
+    ([("X-A", "1"), ("X-B", "2")], False),
+    ([("X-A", "1\r\nX-Injected: yes")], True),
+    ([("X-A", "1\nX-Injected: yes")], True),
+    ([("X-A", "1\r")], True),
+])
+def test_write_headers_refuses_a_line_break_in_any_header_and_nothing_else(headers, refused):
+    fields = httputil.HTTPHeaders()
+    for name, value in headers:
+        fields._as_list.setdefault(name, []).append(value)  # as a handler's add() would, minus its own check
+    start = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
+    if refused:
+        with pytest.raises(ValueError):
+            Message.write_headers(_Lines(), start, fields)
+    else:
+        assert Message.write_headers(_Lines(), start, fields) == (200, "OK", headers, None)
