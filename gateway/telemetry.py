@@ -116,7 +116,7 @@ _HELP = {
 }
 
 
-class Metrics:
+class Metrics(Collector):
     """The gateway's metrics, counted in plain integers and turned into Prometheus families at scrape time.
 
     prometheus-client's Counter and Histogram take a lock and walk label
@@ -134,7 +134,7 @@ class Metrics:
         self._upstream_errors: dict[tuple[str, str], int] = {}
         self._auth_failures: dict[tuple[str, str], int] = {}
         self._reloads: dict[str, int] = {}
-        self.registry.register(_Families(self))
+        self.registry.register(self)  # collect() is called at each scrape
         _process_collectors(self.registry)
 
     @staticmethod
@@ -178,7 +178,7 @@ class Metrics:
         """The text format for /metrics."""
         return generate_latest(self.registry)
 
-    def families(self) -> list:
+    def collect(self) -> list:
         """This process's counts as Prometheus metric families, for the registry's scrape."""
         requests = CounterMetricFamily("gateway_requests", _HELP["requests"], labels=["route", "method", "status"])
         for (route, method, status_class), entry in sorted(self._requests.items()):
@@ -200,16 +200,6 @@ class Metrics:
         return [requests, latency, upstream, failures, reloads, in_flight]
 
 
-class _Families(Collector):
-    """Hands a :class:`Metrics`' counts to the registry when it is scraped."""
-
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
-
-    def collect(self):
-        return self._metrics.families()
-
-
 class SharedMetrics(Metrics):
     """Metrics of one of several workers, in prometheus-client's per-process files, merged on /metrics.
 
@@ -218,9 +208,7 @@ class SharedMetrics(Metrics):
     """
 
     def __init__(self, registry: Optional[CollectorRegistry] = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.in_flight = 0
+        r = registry or CollectorRegistry()
         self._requests_counter = Counter("gateway_requests", _HELP["requests"], ["route", "method", "status"], registry=r)
         self._latency_histogram = Histogram("gateway_request_duration_seconds", _HELP["latency"], ["route"],
                                             registry=r, buckets=_BUCKETS)
@@ -234,11 +222,9 @@ class SharedMetrics(Metrics):
         self._children: dict[tuple, tuple] = {}  # labels() hashes and locks on every call: once per label set instead
 
     def request_started(self) -> None:
-        self.in_flight += 1
         self._in_flight_gauge.inc()
 
     def request_ended(self) -> None:
-        self.in_flight -= 1
         self._in_flight_gauge.dec()
 
     def observe(self, scope: RequestScope, status: int, duration: float) -> None:

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt import exceptions as jwt_errors
 from tornado.httpclient import AsyncHTTPClient
 
-from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, TokenIssuerConfig
+from .config import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS, TokenIssuerConfig
 from .discovery import DiscoveryCache, DiscoveryError
 from .jwks import DEFAULT_RETRY_INTERVAL, EC_CURVES, RSA_ALGORITHMS, JWKSCache, JWKSRegistry, KeysUnavailable
 from . import claims
@@ -111,7 +111,7 @@ def unverified_header(raw: str) -> Dict[str, Any]:
 
 # One algorithm object per name: the signature check of a cache miss calls its verify() with a
 # key prepared once, instead of jwt.decode's per-call lookups, option merging and warnings.
-_ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in sorted(HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS)}
+_ALGORITHMS = {name: jwt.get_algorithm_by_name(name) for name in SUPPORTED_ALGORITHMS}
 
 
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521", "secp256k1": "secp256k1"}
