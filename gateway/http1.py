@@ -50,11 +50,11 @@ _DIRECT_HEADERS = (all(hasattr(httputil.HTTPHeaders(), slot) for slot in ("_as_l
 _header_case = getattr(httputil, "_normalize_header", str)
 
 
-
 class RequestHeaders(httputil.HTTPHeaders):
-    """A request's HTTPHeaders as the parser fills them (``_as_list`` directly), with ``get`` and
-    ``in`` answered in one step: the pipeline asks a dozen of them per request, and Mapping's
-    generic ``get`` goes through ``__getitem__`` and a KeyError for every absent one."""
+    """A request's HTTPHeaders as the parser fills them (``_as_list`` directly), with ``get``
+    answered in one step: the pipeline asks a dozen headers per request, and Mapping's generic
+    ``get`` goes through ``__getitem__`` and a KeyError for every absent one (``in`` is
+    HTTPHeaders' own, already one step)."""
 
     def __init__(self) -> None:  # nothing to copy in: HTTPHeaders' update() is skipped
         self._as_list = {}
@@ -67,9 +67,6 @@ class RequestHeaders(httputil.HTTPHeaders):
         if len(values) == 1:
             return values[0]
         return self[name]  # several lines: HTTPHeaders' joined value (and its cache)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and _header_case(name) in self._as_list
 
 
 log = logging.getLogger("gateway")
